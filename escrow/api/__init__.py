@@ -1,0 +1,1 @@
+"""The HTTP surface (DESIGN §5): app factory, problems, dependencies, routers."""

@@ -1,0 +1,120 @@
+"""Per-request context: request id, structured access log, metrics, last-resort 500.
+
+A pure ASGI middleware (not BaseHTTPMiddleware, which costs a task per request). The
+request id comes from a well-formed `X-Request-Id` or is made here; it is returned in the
+same header and bound to every log line of the request. The principal is put in the scope
+state by the auth dependency so the access log can name it. A body that is not JSON (or
+one of the upload types) is refused with 415 before any endpoint parses it.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import Any
+
+import orjson
+import structlog
+from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from escrow.api.problems import PROBLEM_JSON, internal_error, problem_body
+
+log = structlog.get_logger("escrow.http")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_UPLOAD_TYPES = frozenset({"multipart/form-data", "application/xml", "text/xml", "text/csv"})
+
+REQUESTS = Counter("escrow_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "escrow_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    return next((v.decode("latin-1") for k, v in scope["headers"] if k == name), "")
+
+
+def _unsupported_media_type(scope: Scope) -> str | None:
+    """The offending content type of a body that is neither JSON nor an upload type."""
+    if scope["method"] not in _BODY_METHODS:
+        return None
+    length = _header(scope, b"content-length")
+    if length in ("", "0") and not _header(scope, b"transfer-encoding"):
+        return None
+    media = _header(scope, b"content-type").split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return None
+    return None if media in _UPLOAD_TYPES else (media or "(none)")
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if _REQUEST_ID_RE.match(incoming) else "req_" + secrets.token_hex(12)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status: dict[str, Any] = {"code": 500, "sent": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["sent"] = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        async def send_problem(body: dict[str, Any]) -> None:
+            await send_with_id(
+                {
+                    "type": "http.response.start",
+                    "status": body["status"],
+                    "headers": [(b"content-type", PROBLEM_JSON.encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": orjson.dumps(body)})
+
+        try:
+            media = _unsupported_media_type(scope)
+            if media is not None:
+                await send_problem(
+                    problem_body(
+                        415,
+                        "unsupported_media_type",
+                        "Unsupported media type",
+                        f"send the body as application/json, not {media}",
+                        request_id,
+                    )
+                )
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("request_failed", method=scope["method"], path=scope["path"])
+            if not status["sent"]:
+                await send_problem(internal_error(request_id))
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - started
+            REQUESTS.labels(scope["method"], template, str(status["code"])).inc()
+            LATENCY.labels(scope["method"], template).observe(elapsed)
+            log.info(
+                "request_finished",
+                method=scope["method"],
+                route=template,
+                status=status["code"],
+                principal=state.get("principal"),
+                duration_ms=round(elapsed * 1000, 2),
+            )

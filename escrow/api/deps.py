@@ -1,0 +1,162 @@
+"""FastAPI dependencies: the app's components, authentication, roles, and `Operation`.
+
+`Operation.run` is the one way a state-changing endpoint touches the database: it claims
+the Idempotency-Key, runs the use case in one transaction together with the stored
+response, and turns refusals into stored problem responses. Endpoints stay thin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+import structlog
+from fastapi import Depends, Request
+from pydantic import BaseModel
+from sqlalchemy import Connection, Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from escrow import idempotency
+from escrow.api.problems import from_error, problem_response
+from escrow.audit import Actor
+from escrow.auth import Authenticator, Principal, Role
+from escrow.errors import EscrowError, Forbidden, NotFound
+from escrow.persistence.db import transaction
+from escrow.ports import Clock
+from escrow.settings import Settings
+
+JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=JSON_OPTIONS)
+
+
+def json_response(status: int, value: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(value), status_code=status, media_type="application/json", headers=headers)
+
+
+@dataclass
+class Components:
+    """What the endpoints need, built once by the app factory (the composition root)."""
+
+    settings: Settings
+    engine: Engine
+    clock: Clock
+    authenticator: Authenticator
+
+
+def components(request: Request) -> Components:
+    return request.app.state.components  # type: ignore[no-any-return]
+
+
+async def authenticated(request: Request) -> Principal:
+    """The caller, from `Authorization: Bearer …`; 401 otherwise.
+
+    Async on purpose: context bound here reaches the endpoint's worker thread, so every log
+    line of the request names the principal. The lookup itself runs in the thread pool.
+    """
+    auth = components(request).authenticator
+    header = request.headers.get("authorization")
+    principal = await run_in_threadpool(auth.authenticate, header)
+    request.scope["state"]["principal"] = principal.key_id
+    structlog.contextvars.bind_contextvars(principal=principal.key_id, role=principal.role.value)
+    return principal
+
+
+def require(*roles: Role) -> Callable[..., Any]:
+    """A dependency that admits only `roles` (403 for any other authenticated caller)."""
+    allowed = frozenset(roles)
+
+    async def dependency(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+        if principal.role not in allowed:
+            raise Forbidden(
+                f"role {principal.role.value} may not do this; allowed: {', '.join(sorted(r.value for r in allowed))}"
+            )
+        return principal
+
+    return dependency
+
+
+def visible(principal: Principal, owner_party_id: str | None, what: str) -> None:
+    """Party scope: another party's object answers 404, exactly as if it did not exist."""
+    if not principal.owns(owner_party_id):
+        raise NotFound(f"{what} not found")
+
+
+Work = Callable[[Connection, Actor, datetime], tuple[int, Any]]
+
+
+class Operation:
+    """One state change: idempotency, one transaction, the stored response."""
+
+    def __init__(self, request: Request, principal: Principal) -> None:
+        self.request = request
+        self.principal = principal
+        self.parts = components(request)
+        self.actor = Actor(
+            principal_id=principal.key_id,
+            role=principal.role.value,
+            party_id=principal.party_id,
+            request_id=request.scope["state"].get("request_id"),
+        )
+
+    def run(self, payload: BaseModel | dict[str, Any] | None, work: Work) -> Response:
+        engine = self.parts.engine
+        now = self.parts.clock.now()
+        key = self.request.headers.get("idempotency-key")
+        claim: idempotency.Claim | None = None
+        if key is not None:
+            # Parsed, not raw: key order, whitespace and explicit nulls do not change the request.
+            body = payload.model_dump(mode="json", exclude_none=True) if isinstance(payload, BaseModel) else payload
+            outcome = idempotency.claim(
+                engine,
+                self.principal.key_id,
+                key,
+                idempotency.fingerprint(self.request.method, self.request.url.path, body),
+                now,
+            )
+            if isinstance(outcome, idempotency.StoredResponse):
+                media = "application/problem+json" if outcome.status >= 400 else "application/json"
+                return Response(
+                    outcome.body.encode(),
+                    status_code=outcome.status,
+                    media_type=media,
+                    headers={"Idempotent-Replayed": "true"},
+                )
+            claim = outcome
+
+        def in_transaction(conn: Connection) -> tuple[int, bytes]:
+            status, result = work(conn, self.actor, now)
+            encoded = dumps(result)
+            if claim is not None:
+                idempotency.complete(conn, claim, status, encoded.decode())
+            return status, encoded
+
+        try:
+            status, encoded = transaction(engine, in_transaction)
+        except EscrowError as exc:
+            if claim is not None:
+                problem = from_error(exc, self.actor.request_id)
+                idempotency.complete_failed(engine, claim, int(problem["status"]), dumps(problem).decode())
+                return problem_response(problem)
+            raise
+        except BaseException:
+            if claim is not None:
+                idempotency.release(engine, claim)
+            raise
+        return Response(encoded, status_code=status, media_type="application/json")
+
+
+def operation_for(*roles: Role) -> Callable[..., Any]:
+    guard = require(*roles)
+
+    # A default, not Annotated: `guard` is local, and string annotations resolve globally.
+    def dependency(request: Request, principal: Principal = Depends(guard)) -> Operation:  # noqa: B008
+        return Operation(request, principal)
+
+    return dependency

@@ -1,0 +1,208 @@
+"""The tamper-evident audit trail.
+
+Every state change inserts an audit record in the same transaction as the change, so a
+record exists exactly when the change committed. Records are *not* hashed at insert time:
+chaining at insert would make every request wait on the chain's head. Instead a sealer
+(in the API process and in `escrow worker`, any number of them) takes the head row lock,
+hashes the committed, unsealed records in sequence order and appends them to the chain:
+
+    hash_n = SHA-256( RFC 8785 canonical JSON of {pos: n, prev: hash_(n-1), record fields} )
+
+The chain position is assigned by the sealer, not by the insert's sequence, because
+sequences commit out of order; one head row under a lock means the chain cannot fork.
+`verify` recomputes the chain end to end and names the first record that does not fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import rfc8785
+from sqlalchemy import Connection, Engine, select, update
+
+from escrow.limits import AUDIT_SEAL_BATCH_MAX, REASON_CHARS_MAX
+from escrow.persistence.tables import audit_chain_head, audit_records
+
+GENESIS_HASH = "0" * 64
+_VERIFY_BATCH = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who did it: the principal (API key id, or `system:…`), its role, party and request."""
+
+    principal_id: str
+    role: str
+    party_id: str | None = None
+    request_id: str | None = None
+
+
+SYSTEM = Actor(principal_id="system:worker", role="system")
+
+
+def record(
+    conn: Connection,
+    actor: Actor,
+    action: str,
+    object_id: str,
+    *,
+    now: datetime,
+    reason: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Append an audit record inside the caller's transaction (it commits with the change)."""
+    conn.execute(
+        audit_records.insert(),
+        {
+            "occurred_at": now,
+            "actor": actor.principal_id,
+            "role": actor.role,
+            "action": action,
+            "object_id": object_id,
+            "reason": reason[:REASON_CHARS_MAX] if reason else None,
+            "request_id": actor.request_id,
+            "data": data or {},
+        },
+    )
+
+
+def _digest(pos: int, prev: str, row: Any) -> str:
+    occurred: datetime = row.occurred_at
+    payload = {
+        "pos": pos,
+        "prev": prev,
+        "seq": row.seq,
+        "occurred_at": occurred.astimezone(UTC).isoformat(timespec="microseconds"),
+        "actor": row.actor,
+        "role": row.role,
+        "action": row.action,
+        "object_id": row.object_id,
+        "reason": row.reason,
+        "request_id": row.request_id,
+        "data": row.data,
+    }
+    return hashlib.sha256(rfc8785.dumps(payload)).hexdigest()
+
+
+def seal(engine: Engine, batch: int = AUDIT_SEAL_BATCH_MAX) -> int:
+    """Chain up to `batch` committed, unsealed records; returns how many were sealed."""
+    with engine.begin() as conn:
+        head = conn.execute(
+            select(audit_chain_head.c.chain_pos, audit_chain_head.c.hash)
+            .where(audit_chain_head.c.id == 1)
+            .with_for_update()
+        ).one()
+        rows = conn.execute(
+            select(audit_records).where(audit_records.c.chain_pos.is_(None)).order_by(audit_records.c.seq).limit(batch)
+        ).all()
+        pos, prev = int(head.chain_pos), str(head.hash)
+        for row in rows:
+            pos += 1
+            digest = _digest(pos, prev, row)
+            conn.execute(
+                update(audit_records)
+                .where(audit_records.c.seq == row.seq)
+                .values(chain_pos=pos, prev_hash=prev, hash=digest)
+            )
+            prev = digest
+        if rows:
+            conn.execute(update(audit_chain_head).where(audit_chain_head.c.id == 1).values(chain_pos=pos, hash=prev))
+    return len(rows)
+
+
+def seal_all(engine: Engine) -> int:
+    """Seal until nothing committed is left unsealed (bounded by what exists now)."""
+    total = 0
+    while (n := seal(engine)) > 0:
+        total += n
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    ok: bool
+    sealed: int
+    unsealed: int
+    problem: str | None = None
+
+
+def _sealed(conn: Connection) -> Iterator[Any]:
+    after = 0
+    while True:
+        rows = conn.execute(
+            select(audit_records)
+            .where(audit_records.c.chain_pos > after)
+            .order_by(audit_records.c.chain_pos)
+            .limit(_VERIFY_BATCH)
+        ).all()
+        if not rows:
+            return
+        yield from rows
+        after = rows[-1].chain_pos
+
+
+def verify(engine: Engine) -> Verification:
+    """Recompute the chain from the genesis hash; report the first record that breaks it."""
+    with engine.connect() as conn:
+        expected_pos, prev = 0, GENESIS_HASH
+        for row in _sealed(conn):
+            expected_pos += 1
+            where = f"audit record seq={row.seq} at chain position {row.chain_pos}"
+            if row.chain_pos != expected_pos:
+                return Verification(
+                    False,
+                    expected_pos - 1,
+                    0,
+                    f"chain position {expected_pos} is missing (next found: {where}): a record was removed or moved",
+                )
+            if row.prev_hash != prev:
+                return Verification(
+                    False,
+                    expected_pos - 1,
+                    0,
+                    f"{where} does not follow the previous record: records were reordered or removed",
+                )
+            if _digest(expected_pos, prev, row) != row.hash:
+                return Verification(False, expected_pos - 1, 0, f"{where} was altered after sealing")
+            prev = row.hash
+        head = conn.execute(select(audit_chain_head).where(audit_chain_head.c.id == 1)).one()
+        unsealed = len(conn.execute(select(audit_records.c.seq).where(audit_records.c.chain_pos.is_(None))).all())
+    if head.chain_pos != expected_pos or head.hash != prev:
+        return Verification(
+            False,
+            expected_pos,
+            unsealed,
+            f"the chain ends at position {expected_pos} but its head says {head.chain_pos}: "
+            "records at the end were removed",
+        )
+    return Verification(True, expected_pos, unsealed)
+
+
+def trail(conn: Connection, object_id: str, *, after_seq: int, limit: int) -> list[dict[str, Any]]:
+    """Audit records about one object, oldest first, for GET /v1/audit."""
+    rows = conn.execute(
+        select(audit_records)
+        .where(audit_records.c.object_id == object_id, audit_records.c.seq > after_seq)
+        .order_by(audit_records.c.seq)
+        .limit(limit)
+    ).all()
+    return [
+        {
+            "seq": r.seq,
+            "occurred_at": r.occurred_at,
+            "actor": r.actor,
+            "role": r.role,
+            "action": r.action,
+            "object_id": r.object_id,
+            "reason": r.reason,
+            "request_id": r.request_id,
+            "data": r.data,
+            "sealed": r.hash is not None,
+            "hash": r.hash,
+        }
+        for r in rows
+    ]

@@ -1,0 +1,74 @@
+"""Journal entries as values, checked before anything reaches the database."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from escrow.errors import InvalidInput, UnbalancedEntry
+from escrow.ledger.chart import validate_account
+from escrow.limits import POSTINGS_PER_ENTRY_MAX
+from escrow.money import Money
+
+ENTRY_KIND_CHARS_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One leg: `amount` credits `account` when positive, debits it when negative."""
+
+    account: str
+    amount: Money
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A balanced set of postings, validated on construction.
+
+    Raises UnbalancedEntry when the postings of any currency do not sum to zero, and
+    InvalidInput for empty, oversized or zero-amount entries.
+    """
+
+    kind: str
+    postings: tuple[Posting, ...]
+    memo: str | None = None
+    reverses: str | None = None
+    net: dict[tuple[str, str], int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.kind or len(self.kind) > ENTRY_KIND_CHARS_MAX:
+            raise InvalidInput("entry kind must be 1-64 characters")
+        if not 2 <= len(self.postings) <= POSTINGS_PER_ENTRY_MAX:
+            raise InvalidInput(f"an entry has 2 to {POSTINGS_PER_ENTRY_MAX} postings")
+        per_currency: dict[str, int] = defaultdict(int)
+        net: dict[tuple[str, str], int] = defaultdict(int)
+        for posting in self.postings:
+            validate_account(posting.account)
+            if posting.amount.amount_minor == 0:
+                raise InvalidInput("a posting moves a non-zero amount")
+            per_currency[posting.amount.currency] += posting.amount.amount_minor
+            net[(posting.account, posting.amount.currency)] += posting.amount.amount_minor
+        unbalanced = {c: s for c, s in per_currency.items() if s != 0}
+        if unbalanced:
+            raise UnbalancedEntry(
+                "postings must sum to zero per currency; off by "
+                + ", ".join(f"{s} {c}" for c, s in sorted(unbalanced.items()))
+            )
+        # Postings on one account cancel out before they touch its balance row.
+        object.__setattr__(self, "net", {k: v for k, v in net.items() if v != 0})
+
+    def reversal(self, original_id: str, memo: str | None = None) -> Entry:
+        """The entry that undoes this one; it points at `original_id`."""
+        return Entry(
+            kind=f"reversal:{self.kind}"[:ENTRY_KIND_CHARS_MAX],
+            postings=tuple(Posting(p.account, -p.amount) for p in self.postings),
+            memo=memo or f"reverses {original_id}",
+            reverses=original_id,
+        )
+
+
+def transfer(kind: str, source: str, destination: str, amount: Money, memo: str | None = None) -> Entry:
+    """The common two-leg entry: `amount` leaves `source` and arrives in `destination`."""
+    if amount.amount_minor <= 0:
+        raise InvalidInput("a transfer moves a positive amount")
+    return Entry(kind, (Posting(source, -amount), Posting(destination, amount)), memo=memo)

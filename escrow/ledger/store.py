@@ -1,0 +1,246 @@
+"""Posting entries and reading balances, on SQLite and PostgreSQL.
+
+This is the hottest path of the service (every order, hold and release posts an entry),
+so it speaks to the DB-API cursor of the caller's transaction with prepared SQL strings
+instead of compiling SQLAlchemy constructs on every call. Each post is three statements:
+the entry, its postings (one multi-row INSERT) and one multi-row guarded upsert of the
+balance rows, issued last so row locks are held for the shortest time before commit.
+
+The guard is in the upsert itself: `balance + delta >= 0` is evaluated under the row lock
+(PostgreSQL re-checks it against the newest row version after waiting), so no concurrency
+can drive a guarded account negative, and nothing is read before it is written.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Connection
+
+from escrow.errors import IllegalTransition, InsufficientFunds, NotFound
+from escrow.ids import new_id
+from escrow.ledger.chart import rule_for, validate_account
+from escrow.ledger.entries import Entry, Posting
+from escrow.money import Money
+
+_SQLITE_TS = "%Y-%m-%d %H:%M:%S.%f"  # the storage format SQLAlchemy's SQLite DateTime reads
+
+
+@dataclass(frozen=True, slots=True)
+class PostedEntry:
+    id: str
+    kind: str
+    created_at: datetime
+    postings: tuple[Posting, ...]
+    reverses: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrialBalanceLine:
+    currency: str
+    total_debits: int  # sum of debit (negative) account balances, as a positive number
+    total_credits: int  # sum of credit (positive) account balances
+
+
+@lru_cache(maxsize=256)
+def _sql(dialect: str, statement: str, rows: int = 1) -> str:
+    """SQL text in the driver's own parameter style, built once per shape."""
+    mark = "?" if dialect == "sqlite" else "%s"
+
+    def group(n: int) -> str:
+        return "(" + ", ".join([mark] * n) + ")"
+
+    if statement == "entry":
+        return f"INSERT INTO journal_entries (id, kind, created_at, reverses_id, request_id, memo) VALUES {group(6)}"
+    if statement == "postings":
+        return "INSERT INTO postings (entry_id, account, currency, amount, created_at) VALUES " + ", ".join(
+            [group(5)] * rows
+        )
+    if statement == "balances":
+        return (
+            "INSERT INTO ledger_balances (account, currency, shard, balance, non_negative) VALUES "
+            + ", ".join([group(5)] * rows)
+            + " ON CONFLICT (account, currency, shard) DO UPDATE"
+            " SET balance = ledger_balances.balance + excluded.balance"
+            " WHERE NOT ledger_balances.non_negative"
+            " OR ledger_balances.balance + excluded.balance >= 0"
+            " RETURNING account, currency, shard, non_negative"
+        )
+    raise ValueError(statement)
+
+
+class Ledger:
+    """The ledger inside one open transaction (`conn`); the caller commits or rolls back.
+
+    A failed `post` (InsufficientFunds, or any database error) leaves the transaction
+    unusable for further writes: roll it back, or post inside `conn.begin_nested()` when a
+    failure is an expected outcome.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._dialect = conn.dialect.name
+
+    def _cursor(self) -> Any:
+        return self._conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+    def _ts(self, when: datetime) -> Any:
+        return when.astimezone(UTC).strftime(_SQLITE_TS) if self._dialect == "sqlite" else when
+
+    def post(
+        self,
+        entry: Entry,
+        *,
+        now: datetime,
+        request_id: str | None = None,
+        entry_id: str | None = None,
+    ) -> PostedEntry:
+        """Write `entry` and move every balance it touches, atomically with the caller's work.
+
+        Raises InsufficientFunds, naming the account, when a guarded account would go negative.
+        """
+        entry_id = entry_id or new_id("ent")
+        ts = self._ts(now)
+        d = self._dialect
+        cur = self._cursor()
+        try:
+            cur.execute(_sql(d, "entry"), (entry_id, entry.kind, ts, entry.reverses, request_id, entry.memo))
+            params: list[Any] = []
+            for p in entry.postings:
+                params += (entry_id, p.account, p.amount.currency, p.amount.amount_minor, ts)
+            cur.execute(_sql(d, "postings", len(entry.postings)), params)
+
+            # Sorted so every transaction locks balance rows in one global order: no deadlocks.
+            rows = sorted(
+                (account, currency, _shard(account), delta) for (account, currency), delta in entry.net.items()
+            )
+            # A guarded *debit* is sent with non_negative = false: both databases check CHECK
+            # constraints on the proposed row before they detect the conflict, so a negative
+            # proposed balance would fail even though the row exists. On conflict the stored
+            # row's own flag (true) drives the guard in the WHERE. If instead the row was
+            # inserted, the account never held money: the returned flag is false and the
+            # entry is refused (the caller's rollback removes the row).
+            params = []
+            for account, currency, shard, delta in rows:
+                params += (account, currency, shard, delta, rule_for(account).non_negative and delta > 0)
+            cur.execute(_sql(d, "balances", len(rows)), params)
+            moved = {(r[0], r[1], r[2]) for r in cur.fetchall() if r[3] or not rule_for(r[0]).non_negative}
+            if len(moved) != len(rows):
+                raise self._insufficient(rows, moved)
+        finally:
+            cur.close()
+        return PostedEntry(entry_id, entry.kind, now, entry.postings, entry.reverses)
+
+    @staticmethod
+    def _insufficient(rows: list[tuple[str, str, int, int]], moved: set[tuple[str, str, int]]) -> InsufficientFunds:
+        short = [(a, c) for a, c, s, delta in rows if delta < 0 and (a, c, s) not in moved]
+        names = ", ".join(f"{a} ({c})" for a, c in short) or "a guarded account"
+        return InsufficientFunds(f"{names} would go negative", accounts=[a for a, _ in short])
+
+    def entry(self, entry_id: str) -> PostedEntry:
+        """Read a posted entry back; raises NotFound."""
+        cur = self._cursor()
+        mark = "?" if self._dialect == "sqlite" else "%s"
+        try:
+            cur.execute(
+                f"SELECT kind, created_at, reverses_id FROM journal_entries WHERE id = {mark}",
+                (entry_id,),
+            )
+            head = cur.fetchone()
+            if head is None:
+                raise NotFound(f"journal entry {entry_id} not found")
+            cur.execute(
+                f"SELECT account, currency, amount FROM postings WHERE entry_id = {mark} ORDER BY id",
+                (entry_id,),
+            )
+            legs = tuple(Posting(a, Money(int(amt), c)) for a, c, amt in cur.fetchall())
+        finally:
+            cur.close()
+        created = head[1]
+        if isinstance(created, str):
+            created = datetime.strptime(created, _SQLITE_TS).replace(tzinfo=UTC)
+        return PostedEntry(entry_id, head[0], created, legs, head[2])
+
+    def reverse(self, entry_id: str, *, now: datetime, reason: str, request_id: str | None = None) -> PostedEntry:
+        """Post the entry that undoes `entry_id`. An entry is reversed at most once.
+
+        Raises NotFound, IllegalTransition (already reversed, or itself a reversal) and
+        InsufficientFunds (the money has moved on since).
+        """
+        original = self.entry(entry_id)
+        if original.reverses is not None:
+            raise IllegalTransition(f"{entry_id} is itself a reversal; post a new entry instead")
+        mark = "?" if self._dialect == "sqlite" else "%s"
+        cur = self._cursor()
+        try:
+            cur.execute(f"SELECT id FROM journal_entries WHERE reverses_id = {mark}", (entry_id,))
+            if cur.fetchone() is not None:
+                raise IllegalTransition(f"{entry_id} is already reversed")
+        finally:
+            cur.close()
+        reversal = Entry(original.kind, original.postings).reversal(entry_id, memo=reason)
+        try:
+            return self.post(reversal, now=now, request_id=request_id)
+        except Exception as exc:
+            # Two concurrent reversals: the unique reverses_id lets exactly one through.
+            if "reverses_id" in str(exc) and "nique" in str(exc):
+                raise IllegalTransition(f"{entry_id} is already reversed") from None
+            raise
+
+    def balance(self, account: str, currency: str) -> int:
+        """Balance of one account in one currency (sum of its shards; 0 if never posted)."""
+        validate_account(account)
+        mark = "?" if self._dialect == "sqlite" else "%s"
+        cur = self._cursor()
+        try:
+            cur.execute(
+                f"SELECT COALESCE(SUM(balance), 0) FROM ledger_balances WHERE account = {mark} AND currency = {mark}",
+                (account, currency),
+            )
+            return int(cur.fetchone()[0])
+        finally:
+            cur.close()
+
+    def balances(self, accounts: Iterable[str]) -> dict[tuple[str, str], int]:
+        """Balances of several accounts in every currency they hold, in one query."""
+        names = [validate_account(a) for a in accounts]
+        if not names:
+            return {}
+        mark = "?" if self._dialect == "sqlite" else "%s"
+        cur = self._cursor()
+        try:
+            cur.execute(
+                "SELECT account, currency, SUM(balance) FROM ledger_balances"
+                f" WHERE account IN ({', '.join([mark] * len(names))}) GROUP BY account, currency",
+                names,
+            )
+            return {(a, c): int(b) for a, c, b in cur.fetchall()}
+        finally:
+            cur.close()
+
+    def trial_balance(self) -> list[TrialBalanceLine]:
+        """Per currency, the totals of debit and credit account balances (equal when sound)."""
+        cur = self._cursor()
+        try:
+            cur.execute(
+                "SELECT currency,"
+                " COALESCE(SUM(CASE WHEN total < 0 THEN -total ELSE 0 END), 0),"
+                " COALESCE(SUM(CASE WHEN total > 0 THEN total ELSE 0 END), 0)"
+                " FROM (SELECT account, currency, SUM(balance) AS total FROM ledger_balances"
+                "       GROUP BY account, currency) AS accounts"
+                " GROUP BY currency ORDER BY currency"
+            )
+            return [TrialBalanceLine(c, int(d), int(k)) for c, d, k in cur.fetchall()]
+        finally:
+            cur.close()
+
+
+def _shard(account: str) -> int:
+    shards = rule_for(account).shards
+    # Any shard will do: the balance is their sum. Random spreads concurrent writers.
+    return random.randrange(shards) if shards > 1 else 0  # noqa: S311  # load spreading, not crypto

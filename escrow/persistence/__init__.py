@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy Core tables, engines, transactions. The schema changes only through Alembic."""

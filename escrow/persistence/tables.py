@@ -1,0 +1,181 @@
+"""The schema, as SQLAlchemy Core tables.
+
+Alembic migrations are the only way this schema reaches a database; a test compares these
+tables with the migrated database so the two cannot drift. Constraint names come from one
+naming convention so they are identical on SQLite and PostgreSQL, and the ledger can tell a
+broken guard (`ck_ledger_balances_non_negative`) from any other integrity error.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+AMOUNT_BOUND = "1000000000000000"  # AMOUNT_MINOR_MAX, spelled for SQL CHECKs
+ROLES = ("checkout", "cp_agent", "cp_supervisor", "ip_staff", "finance", "legal", "rights_holder", "admin")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases.
+
+    SQLite has no time zone type and hands back naive values; this makes every value that
+    leaves the database aware and UTC, and refuses naive values going in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused: use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGSERIAL.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+journal_entries = Table(
+    "journal_entries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("kind", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # A reversal points at what it reverses; unique, so nothing is reversed twice.
+    Column("reverses_id", String(40), ForeignKey("journal_entries.id"), nullable=True, unique=True),
+    Column("request_id", String(128), nullable=True),
+    Column("memo", Text(), nullable=True),
+)
+
+postings = Table(
+    "postings",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("entry_id", String(40), ForeignKey("journal_entries.id"), nullable=False),
+    Column("account", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    # Signed minor units: positive credits the account (money in), negative debits it.
+    Column("amount", BigInteger(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    CheckConstraint(f"amount <> 0 AND amount BETWEEN -{AMOUNT_BOUND} AND {AMOUNT_BOUND}", name="amount"),
+    Index(None, "account", "currency"),
+    Index(None, "entry_id"),
+)
+
+# Materialized balances. An account has one row per (currency, shard); platform-wide accounts
+# have several shards so that concurrent orders do not queue on one row. The balance of an
+# account is the sum of its shards. Guarded accounts have exactly one shard, and the CHECK is
+# the last line of defence behind the guarded UPDATE in escrow.ledger.
+ledger_balances = Table(
+    "ledger_balances",
+    metadata,
+    Column("account", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("shard", SmallInteger(), nullable=False),
+    Column("balance", BigInteger(), nullable=False),
+    Column("non_negative", Boolean(), nullable=False),
+    PrimaryKeyConstraint("account", "currency", "shard"),
+    CheckConstraint("NOT non_negative OR balance >= 0", name="non_negative"),
+    CheckConstraint("shard >= 0 AND shard < 64", name="shard"),
+    CheckConstraint("NOT non_negative OR shard = 0", name="guarded_single_shard"),
+)
+
+audit_records = Table(
+    "audit_records",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("occurred_at", UTCDateTime(), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("object_id", String(200), nullable=False),
+    Column("reason", Text(), nullable=True),
+    Column("request_id", String(128), nullable=True),
+    Column("data", JSON(), nullable=False),
+    # Set once by the sealer: the position in the chain, the previous hash and this hash.
+    Column("chain_pos", BigInteger(), nullable=True, unique=True),
+    Column("prev_hash", String(64), nullable=True),
+    Column("hash", String(64), nullable=True),
+    Index(None, "object_id"),
+)
+
+audit_chain_head = Table(
+    "audit_chain_head",
+    metadata,
+    Column("id", SmallInteger(), primary_key=True),
+    Column("chain_pos", BigInteger(), nullable=False),
+    Column("hash", String(64), nullable=False),
+    CheckConstraint("id = 1", name="singleton"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("party_id", String(200), nullable=True),
+    Column("digest", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    CheckConstraint("role IN (" + ", ".join(f"'{r}'" for r in ROLES) + ")", name="role"),
+    CheckConstraint("(role = 'rights_holder') = (party_id IS NOT NULL)", name="party_scope"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("principal_id", String(40), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("lock_token", String(40), nullable=True),
+    Column("locked_until", UTCDateTime(), nullable=True),
+    Column("response_status", SmallInteger(), nullable=True),
+    Column("response_body", Text(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("principal_id", "key"),
+    CheckConstraint("state IN ('running', 'completed')", name="state"),
+    Index(None, "expires_at"),
+)

@@ -1,0 +1,1 @@
+"""Use cases: one function per operation, run inside the caller's transaction."""
