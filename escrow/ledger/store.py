@@ -90,7 +90,7 @@ class Ledger:
         return self._conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
     def _ts(self, when: datetime) -> Any:
-        return when.astimezone(UTC).strftime(_SQLITE_TS) if self._dialect == "sqlite" else when
+        return _sqlite_ts(when) if self._dialect == "sqlite" else when
 
     def post(
         self,
@@ -238,6 +238,12 @@ class Ledger:
             return [TrialBalanceLine(c, int(d), int(k)) for c, d, k in cur.fetchall()]
         finally:
             cur.close()
+
+
+@lru_cache(maxsize=64)
+def _sqlite_ts(when: datetime) -> str:
+    """SQLite's stored form of `when`; cached, since one request posts several entries at one `now`."""
+    return when.astimezone(UTC).strftime(_SQLITE_TS)
 
 
 def _shard(account: str) -> int:

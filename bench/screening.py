@@ -1,0 +1,371 @@
+"""Benchmark of screening: build time, memory and per-title latency against N patterns.
+
+Why: screening sits in the checkout's critical path, and the number of findings only grows.
+This prints, for each pattern count, the build time, the resident memory the matcher adds,
+and p50/p99 of `Matcher.screen` per title (normalisation included), then the ratio
+p99@largest / p99@previous that shows whether latency stays flat as patterns grow.
+
+Each size runs in a fresh process so that one size's memory does not blur the next one's.
+Workloads are synthetic and seeded: brand-like names built from syllables, multi-word
+patterns (brand + line, brand + model code, coded phrases), and titles of 40-120
+characters from a listing vocabulary, some carrying a (sometimes disguised) pattern.
+
+    .venv/bin/python bench/screening.py [--sizes 10000,100000,1000000] [--titles 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from escrow.screening import FindingRule, Matcher  # importable only after the path fix above
+
+SEED = 20_260_101
+PATTERNS_PER_FINDING = 50
+TITLE_CHARS_MIN, TITLE_CHARS_MAX = 40, 120
+TITLES_WITH_PATTERN = 0.05
+TARGET_P99_US = 100.0
+TARGET_RATIO = 1.25
+TARGET_BUILD_S = 15.0
+TARGET_RSS_MB = 1024.0
+
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ve",
+    "ra",
+    "zu",
+    "to",
+    "ne",
+    "bel",
+    "dor",
+    "fin",
+    "gra",
+    "mon",
+    "tex",
+    "vo",
+    "li",
+    "an",
+    "el",
+    "ar",
+    "is",
+    "os",
+    "ul",
+    "sa",
+    "ri",
+    "co",
+    "ta",
+    "pe",
+    "du",
+    "ga",
+    "ni",
+    "fe",
+    "ro",
+    "ba",
+    "le",
+    "ci",
+    "mo",
+    "tu",
+    "re",
+    "na",
+    "si",
+    "vi",
+    "za",
+    "qua",
+    "tri",
+    "bra",
+    "cle",
+    "stel",
+    "mar",
+    "val",
+    "ten",
+    "lux",
+    "nor",
+    "ves",
+    "kel",
+    "dra",
+    "pri",
+    "sol",
+]
+LINES = ["classic", "sport", "pro", "max", "lite", "air", "ultra", "prime", "elite", "street"]
+VOCABULARY = [
+    "new",
+    "used",
+    "vintage",
+    "genuine",
+    "leather",
+    "cotton",
+    "wool",
+    "silk",
+    "handbag",
+    "wallet",
+    "belt",
+    "scarf",
+    "watch",
+    "sneakers",
+    "shoes",
+    "boots",
+    "jacket",
+    "coat",
+    "dress",
+    "shirt",
+    "jeans",
+    "cap",
+    "hat",
+    "sunglasses",
+    "earbuds",
+    "charger",
+    "cable",
+    "case",
+    "cover",
+    "mug",
+    "lamp",
+    "chair",
+    "table",
+    "rug",
+    "blanket",
+    "pillow",
+    "black",
+    "white",
+    "red",
+    "blue",
+    "green",
+    "brown",
+    "grey",
+    "pink",
+    "small",
+    "medium",
+    "large",
+    "size",
+    "38",
+    "40",
+    "42",
+    "xl",
+    "for",
+    "men",
+    "women",
+    "kids",
+    "with",
+    "box",
+    "gift",
+    "free",
+    "shipping",
+    "fast",
+    "delivery",
+    "2",
+    "pack",
+    "set",
+    "of",
+    "3",
+    "original",
+    "edition",
+    "limited",
+    "sale",
+]
+
+VOCABULARY_SET = frozenset(VOCABULARY)
+
+
+def rss_mb() -> float:
+    """Resident set size of this process, from /proc (Linux), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def brand_name(rnd: random.Random) -> str:
+    """A made-up brand word; never a listing word, as no IP team registers `sale`."""
+    while True:
+        name = "".join(rnd.choice(SYLLABLES) for _ in range(rnd.randint(2, 4)))
+        if name not in VOCABULARY_SET:
+            return name
+
+
+def make_rules(size: int, rnd: random.Random) -> tuple[list[FindingRule], list[str]]:
+    """`size` distinct patterns in findings of PATTERNS_PER_FINDING, and a sample of them."""
+    rules: list[FindingRule] = []
+    seen: set[str] = set()
+    sample: list[str] = []
+    finding = 0
+    while len(seen) < size:
+        brand = brand_name(rnd)
+        patterns: list[str] = []
+        for _ in range(PATTERNS_PER_FINDING * 4):
+            if len(patterns) == PATTERNS_PER_FINDING or len(seen) == size:
+                break
+            shape = rnd.random()
+            if shape < 0.2:
+                pattern = brand_name(rnd)
+            elif shape < 0.6:
+                pattern = f"{brand} {rnd.choice(LINES)} {brand_name(rnd)}"
+            elif shape < 0.9:
+                pattern = f"{brand} {rnd.choice('abcdefghkmnprstvxz')}{rnd.randint(10, 99999)}"
+            else:
+                pattern = f"{brand_name(rnd)} {brand_name(rnd)}"
+            if pattern in seen:
+                continue
+            seen.add(pattern)
+            patterns.append(pattern)
+            if rnd.random() < 0.01:
+                sample.append(pattern)
+        if patterns:
+            status = "confirmed" if finding % 3 else "suspected"
+            rules.append(FindingRule(f"fnd_{finding:08d}", "keyword", brand.title(), status, tuple(patterns)))
+            finding += 1
+    return rules, sample
+
+
+def disguise(pattern: str, rnd: random.Random) -> str:
+    """Obfuscate a pattern the way the issue describes, sometimes."""
+    choice = rnd.random()
+    if choice < 0.3:
+        return pattern
+    if choice < 0.5:
+        return pattern.replace("o", "0").replace("e", "3")
+    if choice < 0.65:
+        return "".join(chr(ord(c) + 0xFEE0) if "a" <= c <= "z" else c for c in pattern)
+    if choice < 0.8:
+        return "\u200b".join(pattern)
+    return ".".join(pattern).upper()
+
+
+def make_titles(count: int, sample: list[str], rnd: random.Random) -> list[str]:
+    titles: list[str] = []
+    for _ in range(count):
+        target = rnd.randint(TITLE_CHARS_MIN, TITLE_CHARS_MAX)
+        words: list[str] = []
+        if sample and rnd.random() < TITLES_WITH_PATTERN:
+            words.append(disguise(rnd.choice(sample), rnd))
+        while sum(map(len, words)) + len(words) < target:
+            words.append(rnd.choice(VOCABULARY))
+        rnd.shuffle(words)
+        titles.append(" ".join(words)[:TITLE_CHARS_MAX])
+    return titles
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
+
+
+def fork_sharing(matcher: Matcher, titles: list[str]) -> dict[str, float]:
+    """Screen in a forked child and report how much of the parent's memory it shares."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: screen, then report smaps_rollup
+        os.close(read_end)
+        for title in titles:
+            matcher.screen(title)
+        fields: dict[str, float] = {}
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+            name, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                fields[name] = int(rest.split()[0]) / 1024
+        os.write(write_end, json.dumps(fields).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as reader:
+        fields = json.loads(reader.read())
+    os.waitpid(pid, 0)
+    return {k: fields.get(k, 0.0) for k in ("Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Dirty")}
+
+
+def run_size(size: int, title_count: int, fork_check: bool) -> dict[str, object]:
+    """Build one matcher of `size` patterns and screen `title_count` titles against it."""
+    rnd = random.Random(SEED + size)
+    rules, sample = make_rules(size, rnd)
+    titles = make_titles(title_count, sample, rnd)
+    gc.collect()
+    rss_before = rss_mb()
+    started = time.perf_counter()
+    matcher = Matcher.build(rules)
+    build_s = time.perf_counter() - started
+    gc.collect()
+    rss_after = rss_mb()
+    for title in titles[:2_000]:  # warm the folding table and caches
+        matcher.screen(title)
+    timings: list[float] = []
+    matched_titles = 0
+    clock = time.perf_counter_ns
+    gc.disable()  # a collection pause is not screening's latency
+    for title in titles:
+        begin = clock()
+        found = matcher.screen(title)
+        timings.append((clock() - begin) / 1_000)
+        matched_titles += bool(found)
+    gc.enable()
+    timings.sort()
+    result: dict[str, object] = {
+        "size": size,
+        "patterns": matcher.pattern_count,
+        "typo_variants": matcher.typo_variant_count,
+        "build_s": build_s,
+        "rss_delta_mb": rss_after - rss_before,
+        "p50_us": percentile(timings, 0.50),
+        "p99_us": percentile(timings, 0.99),
+        "mean_us": statistics.fmean(timings),
+        "matched_titles": matched_titles,
+        "titles": len(titles),
+    }
+    if fork_check:
+        result["fork"] = fork_sharing(matcher, titles[:20_000])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--titles", type=int, default=100_000)
+    parser.add_argument("--fork-check", action="store_true", help="measure fork sharing at the largest size")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one size, JSON out
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(run_size(args.one, args.titles, args.fork_check)))
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results: list[dict[str, Any]] = []
+    for size in sizes:
+        command = [sys.executable, __file__, "--one", str(size), "--titles", str(args.titles)]
+        if args.fork_check and size == sizes[-1]:
+            command.append("--fork-check")
+        # S603: the command is this script with integer arguments, not outside input
+        done = subprocess.run(command, check=True, capture_output=True, text=True)  # noqa: S603
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"  done {size:>9,} patterns", file=sys.stderr)
+    print(
+        f"{'patterns':>10} {'build s':>8} {'RSS +MB':>8} {'p50 us':>7} {'p99 us':>7} {'mean us':>8} {'hit titles':>10}"
+    )
+    for r in results:
+        print(
+            f"{r['patterns']:>10,} {r['build_s']:>8.2f} {r['rss_delta_mb']:>8.0f} "
+            f"{r['p50_us']:>7.1f} {r['p99_us']:>7.1f} {r['mean_us']:>8.1f} "
+            f"{r['matched_titles']:>10,}"
+        )
+    if len(results) >= 2:
+        last, previous = results[-1], results[-2]
+        ratio = last["p99_us"] / previous["p99_us"]
+        print(f"p99 ratio {last['size']:,} / {previous['size']:,} = {ratio:.2f} (target <= {TARGET_RATIO})")
+    last = results[-1]
+    print(
+        f"targets at {last['size']:,}: p99 {last['p99_us']:.1f} us (<= {TARGET_P99_US}), "
+        f"build {last['build_s']:.1f} s (<= {TARGET_BUILD_S}), "
+        f"RSS +{last['rss_delta_mb']:.0f} MB (<= {TARGET_RSS_MB:.0f})"
+    )
+    if "fork" in last:
+        print(f"forked child after screening 20k titles (MB): {last['fork']}")
+
+
+if __name__ == "__main__":
+    main()
