@@ -93,13 +93,15 @@ def create_app(parts: Components) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
-        thread = None
+        loops = list(parts.background)
         if parts.settings.audit_seal_interval_ms > 0:
-            thread = threading.Thread(target=_sealer, args=(parts, stop), name="audit-sealer", daemon=True)
+            loops.append(lambda event: _sealer(parts, event))
+        threads = [threading.Thread(target=loop, args=(stop,), daemon=True) for loop in loops]
+        for thread in threads:
             thread.start()
         yield
         stop.set()
-        if thread is not None:
+        for thread in threads:
             thread.join(timeout=5)
 
     app = FastAPI(

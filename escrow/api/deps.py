@@ -8,7 +8,8 @@ response, and turns refusals into stored problem responses. Endpoints stay thin.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -27,6 +28,7 @@ from escrow.auth import Authenticator, Principal, Role
 from escrow.errors import EscrowError, Forbidden, NotFound
 from escrow.persistence.db import transaction
 from escrow.ports import Clock
+from escrow.service.screening import PassScreener, Screener
 from escrow.settings import Settings
 
 JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
@@ -42,12 +44,18 @@ def json_response(status: int, value: Any, headers: dict[str, str] | None = None
 
 @dataclass
 class Components:
-    """What the endpoints need, built once by the app factory (the composition root)."""
+    """What the endpoints need, built once by the app factory (the composition root).
+
+    `background` are loops the API process runs beside the requests (each gets a stop
+    event and must return soon after it is set).
+    """
 
     settings: Settings
     engine: Engine
     clock: Clock
     authenticator: Authenticator
+    screener: Screener = field(default_factory=PassScreener)
+    background: list[Callable[[threading.Event], None]] = field(default_factory=list)
 
 
 def components(request: Request) -> Components:

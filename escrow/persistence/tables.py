@@ -179,3 +179,113 @@ idempotency_keys = Table(
     CheckConstraint("state IN ('running', 'completed')", name="state"),
     Index(None, "expires_at"),
 )
+
+
+# --- checkout: orders, holds, sellers, the event feed ------------------------------------
+
+ORDER_STATUSES = ("escrowed", "held", "confirmed", "refunded", "closed")
+HOLD_STATUSES = ("active", "contested", "released", "applied", "expired")
+
+# An order's money is always in exactly one of five places; the CHECK makes the database
+# itself refuse any change that would create or lose a minor unit of an order.
+orders = Table(
+    "orders",
+    metadata,
+    Column("order_id", String(120), primary_key=True),
+    Column("buyer_id", String(120), nullable=False),
+    Column("seller_id", String(120), nullable=False),
+    Column("listing_id", String(120), nullable=False),
+    Column("title", Text(), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger(), nullable=False),
+    Column("payment_method", String(16), nullable=False),
+    Column("payment_reference", String(140), nullable=False),
+    Column("jurisdiction", String(8), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("escrowed", BigInteger(), nullable=False),
+    Column("held", BigInteger(), nullable=False),
+    Column("frozen", BigInteger(), nullable=False),
+    Column("released", BigInteger(), nullable=False),
+    Column("refunded", BigInteger(), nullable=False),
+    Column("screening", JSON(), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("confirmed_at", UTCDateTime(), nullable=True),
+    CheckConstraint(f"amount > 0 AND amount <= {AMOUNT_BOUND}", name="amount"),
+    CheckConstraint(
+        "escrowed >= 0 AND held >= 0 AND frozen >= 0 AND released >= 0 AND refunded >= 0", name="parts_non_negative"
+    ),
+    CheckConstraint("escrowed + held + frozen + released + refunded = amount", name="conserved"),
+    CheckConstraint("status IN (" + ", ".join(f"'{s}'" for s in ORDER_STATUSES) + ")", name="status"),
+    CheckConstraint("payment_method IN ('card', 'bank_transfer')", name="payment_method"),
+    Index(None, "seller_id", "confirmed_at"),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("order_id", String(120), ForeignKey("orders.order_id"), nullable=False),
+    Column("seller_id", String(120), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger(), nullable=False),  # what the hold ties down now
+    Column("original_amount", BigInteger(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("finding_ids", JSON(), nullable=False),
+    Column("confirmed", Boolean(), nullable=False),  # its money sits in seller:frozen
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("max_expires_at", UTCDateTime(), nullable=False),  # the jurisdiction's cap, extensions included
+    Column("claim_window_ends_at", UTCDateTime(), nullable=True),
+    Column("counter_notice", Text(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint(f"amount >= 0 AND amount <= original_amount AND original_amount <= {AMOUNT_BOUND}", name="amount"),
+    CheckConstraint("status IN (" + ", ".join(f"'{s}'" for s in HOLD_STATUSES) + ")", name="status"),
+    CheckConstraint("(status IN ('active', 'contested')) = (amount > 0)", name="active_means_held"),
+    Index(None, "order_id"),
+    Index(None, "seller_id", "status"),
+    Index(None, "status", "expires_at"),
+)
+
+sellers = Table(
+    "sellers",
+    metadata,
+    Column("seller_id", String(120), primary_key=True),
+    Column("frozen", Boolean(), nullable=False),
+    Column("frozen_reason", Text(), nullable=True),
+    Column("frozen_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# The feed's order is the order in which a publisher positions committed events (under
+# the head row's lock), not the insert sequence: sequences commit out of order.
+events = Table(
+    "events",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("position", BigInteger(), nullable=True, unique=True),
+    Column("type", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("data", JSON(), nullable=False),
+)
+
+sequence_heads = Table(
+    "sequence_heads",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("position", BigInteger(), nullable=False),
+)
+
+# A rights holder's (or any party's) payout account. The IBAN is encrypted at rest;
+# only its country code and last four characters are kept in clear, for display.
+payout_accounts = Table(
+    "payout_accounts",
+    metadata,
+    Column("party_id", String(200), primary_key=True),
+    Column("holder_name", String(140), nullable=False),
+    Column("iban_ciphertext", Text(), nullable=False),
+    Column("iban_masked", String(40), nullable=False),
+    Column("bic", String(11), nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
