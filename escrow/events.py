@@ -1,0 +1,74 @@
+"""The event feed (`GET /v1/events?after=`): strictly ordered, never skipping.
+
+Events are inserted with the change that causes them. Their feed position is assigned
+later by `publish`, which takes the head row's lock and numbers committed, unpositioned
+events in insert order. A reader paging with `after=` can therefore never miss an event
+that commits late: it simply receives a position after everything already published. The
+reader publishes before it reads, so an event is visible as soon as its change commits.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select, update
+
+from escrow.errors import InvalidCursor
+from escrow.persistence.tables import events, sequence_heads
+
+PUBLISH_BATCH_MAX = 5_000
+_ID_DIGITS = 16
+
+
+def emit(conn: Connection, type_: str, data: dict[str, Any], *, now: datetime) -> None:
+    """Record an event inside the caller's transaction; it exists if and only if the change commits."""
+    conn.execute(events.insert(), {"type": type_, "created_at": now, "data": data})
+
+
+def emit_many(conn: Connection, rows: list[tuple[str, dict[str, Any]]], *, now: datetime) -> None:
+    if rows:
+        conn.execute(events.insert(), [{"type": t, "created_at": now, "data": d} for t, d in rows])
+
+
+def event_id(position: int) -> str:
+    return f"evt_{position:0{_ID_DIGITS}d}"
+
+
+def parse_event_id(value: str) -> int:
+    digits = value[4:]
+    if not value.startswith("evt_") or not digits.isdigit() or len(digits) > _ID_DIGITS:
+        raise InvalidCursor(f"after must be an event id such as {event_id(42)}")
+    return int(digits)
+
+
+def publish(engine: Engine) -> int:
+    """Give committed events their feed positions; returns how many were positioned."""
+    with engine.begin() as conn:
+        head = conn.execute(
+            select(sequence_heads.c.position).where(sequence_heads.c.name == "events").with_for_update()
+        ).scalar_one()
+        seqs = conn.execute(
+            select(events.c.seq).where(events.c.position.is_(None)).order_by(events.c.seq).limit(PUBLISH_BATCH_MAX)
+        ).scalars().all()
+        position = int(head)
+        for seq in seqs:
+            position += 1
+            conn.execute(update(events).where(events.c.seq == seq).values(position=position))
+        if seqs:
+            conn.execute(update(sequence_heads).where(sequence_heads.c.name == "events").values(position=position))
+    return len(seqs)
+
+
+def read(engine: Engine, *, after: int, limit: int, types: set[str] | None = None) -> tuple[list[dict[str, Any]], bool]:
+    """Published events after position `after`, oldest first; returns (events, has_more)."""
+    publish(engine)
+    query = select(events).where(events.c.position > after)
+    if types:
+        query = query.where(events.c.type.in_(sorted(types)))
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(events.c.position).limit(limit + 1)).all()
+    data = [
+        {"id": event_id(r.position), "type": r.type, "created_at": r.created_at, "data": r.data} for r in rows[:limit]
+    ]
+    return data, len(rows) > limit
