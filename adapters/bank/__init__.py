@@ -1,0 +1,1 @@
+"""Bank rail adapters (implementations of `escrow.ports.BankRail`)."""

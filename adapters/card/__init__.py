@@ -1,0 +1,1 @@
+"""Card rail adapters (implementations of `escrow.ports.CardRail`)."""
