@@ -142,6 +142,10 @@ class Authenticator:
                 self._cache[key_id] = (now, row.digest, principal)
         return principal
 
+    def forget_all(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
     def forget(self, key_id: str) -> None:
         """Drop a cached key at once (after a revocation made by this process)."""
         with self._lock:

@@ -9,20 +9,33 @@ from escrow.api.deps import Components
 from escrow.auth import Authenticator
 from escrow.persistence.db import make_engine
 from escrow.ports import Clock, SystemClock
+from escrow.screening.registry import REFRESH_INTERVAL_S_DEFAULT, MatcherRegistry
+from escrow.service.findings import DatabaseFindingSource, FindingsScreener
 from escrow.settings import Settings
 
 
-def components(settings: Settings, *, clock: Clock | None = None) -> Components:
+def components(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    findings_refresh_interval_s: float = REFRESH_INTERVAL_S_DEFAULT,
+) -> Components:
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    clock = clock or SystemClock()
+    # The live findings matcher: built and swapped by a background loop, read by screening.
+    registry = MatcherRegistry(DatabaseFindingSource(engine), clock.now, interval_s=findings_refresh_interval_s)
+    registry.warm()  # screening must not be the first reader: intake screens inside its transaction
     return Components(
         settings=settings,
         engine=engine,
-        clock=clock or SystemClock(),
+        clock=clock,
         authenticator=Authenticator(
             engine,
             pepper=settings.api_key_pepper.get_secret_value().encode(),
             cache_ttl_ms=settings.api_key_cache_ttl_ms,
         ),
+        screener=FindingsScreener(registry, clock),
+        background=[registry.run],
     )
 
 

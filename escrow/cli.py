@@ -12,12 +12,13 @@ from typing import Annotated
 
 import typer
 
-from escrow import audit, idempotency
+from escrow import audit, events, idempotency
 from escrow.auth import Role, create_key, revoke_key
 from escrow.errors import ConfigurationError, EscrowError
 from escrow.persistence import migrate as migrations
 from escrow.persistence.db import make_engine
 from escrow.ports import SystemClock
+from escrow.service.holds import expire_due
 from escrow.settings import Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Escrow interception service.")
@@ -62,7 +63,7 @@ def worker(
     once: Annotated[bool, typer.Option(help="Run one round and exit.")] = False,
     interval_ms: Annotated[int, typer.Option(min=50, max=60_000)] = 500,
 ) -> None:
-    """Background jobs: seal the audit chain, drop expired idempotency keys."""
+    """Background jobs: end holds at their deadlines, publish events, seal the audit chain, expire keys."""
     from escrow.logs import configure
 
     settings = _settings()
@@ -70,6 +71,8 @@ def worker(
     engine = make_engine(settings.database_url, pool_size=2)
     clock = SystemClock()
     while True:
+        expire_due(engine, clock.now())
+        events.publish(engine)
         audit.seal_all(engine)
         idempotency.purge_expired(engine, clock.now())
         if once:

@@ -4,14 +4,18 @@
     ├── InvalidInput                  invalid_input
     │   ├── InvalidMoney              invalid_money
     │   ├── UnbalancedEntry           unbalanced_entry
-    │   └── InvalidCursor             invalid_cursor
+    │   ├── InvalidCursor             invalid_cursor
+    │   └── BeyondHoldMaximum         beyond_hold_maximum
     ├── Unauthenticated               unauthenticated
     ├── Forbidden                     forbidden
     ├── NotFound                      not_found
     ├── Conflict                      conflict
     │   ├── InsufficientFunds         insufficient_funds
     │   ├── IllegalTransition         illegal_transition
-    │   └── IdempotencyKeyInUse       idempotency_key_in_use
+    │   ├── IdempotencyKeyInUse       idempotency_key_in_use
+    │   ├── ExceedsEscrowedAmount     exceeds_escrowed_amount
+    │   ├── ExceedsHeldAmount         exceeds_held_amount
+    │   └── OrderConflict             order_conflict
     ├── IdempotencyKeyReused          idempotency_key_reused
     └── ConfigurationError            configuration_error   (start-up only, never HTTP)
 
@@ -98,3 +102,23 @@ class IdempotencyKeyReused(EscrowError):
 class ConfigurationError(EscrowError):
     code = "configuration_error"
     title = "Invalid configuration"
+
+
+class ExceedsEscrowedAmount(Conflict):
+    code = "exceeds_escrowed_amount"
+    title = "More than the order has in escrow"
+
+
+class ExceedsHeldAmount(Conflict):
+    code = "exceeds_held_amount"
+    title = "More than the hold ties down"
+
+
+class OrderConflict(Conflict):
+    code = "order_conflict"
+    title = "An order with this id exists with different details"
+
+
+class BeyondHoldMaximum(InvalidInput):
+    code = "beyond_hold_maximum"
+    title = "Deadline beyond the jurisdiction's maximum"

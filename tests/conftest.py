@@ -114,6 +114,7 @@ def _truncate_all(engine: Engine) -> None:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
         conn.execute(text("INSERT INTO audit_chain_head (id, chain_pos, hash) VALUES (1, 0, :h)"), {"h": GENESIS_HASH})
         conn.execute(text("INSERT INTO sequence_heads (name, position) VALUES ('events', 0)"))
+        conn.execute(text("INSERT INTO finding_revision (id, revision) VALUES (1, 0)"))
 
 
 def _sqlite_db(template: Path, tmp_path: Path) -> TestDB:

@@ -23,7 +23,11 @@ from escrow.api.context import RequestContext
 from escrow.api.deps import Components
 from escrow.api.problems import from_error, problem_body, problem_response
 from escrow.api.routers import audit as audit_routes
+from escrow.api.routers import events as event_routes
+from escrow.api.routers import findings as finding_routes
+from escrow.api.routers import holds as hold_routes
 from escrow.api.routers import ledger as ledger_routes
+from escrow.api.routers import orders as order_routes
 from escrow.api.routers import sellers as seller_routes
 from escrow.api.routers import system as system_routes
 from escrow.errors import EscrowError
@@ -115,6 +119,7 @@ def create_app(parts: Components) -> FastAPI:
     app.add_exception_handler(EscrowError, _on_escrow_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    for module in (system_routes, ledger_routes, audit_routes, seller_routes):
+    for module in (system_routes, ledger_routes, audit_routes, seller_routes, order_routes, hold_routes, event_routes):
         app.include_router(module.router)
+    app.include_router(finding_routes.router)
     return app

@@ -7,8 +7,8 @@ response, and turns refusals into stored problem responses. Endpoints stay thin.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any

@@ -50,3 +50,26 @@ def rule_for(name: str) -> AccountRule:
     if name.endswith(_RECEIVABLE_SUFFIXES):
         return RECEIVABLE
     return GUARDED
+
+
+# Account names of the flows (DESIGN §2), in one place so every module spells them alike.
+IN_TRANSIT_REFUNDS = "in_transit:refunds"
+IN_TRANSIT_PAYOUTS = "in_transit:payouts"
+GUARANTEE_FUND = "platform:guarantee_fund"
+
+
+def clearing(payment_method: str) -> str:
+    return "clearing:card" if payment_method == "card" else "clearing:bank"
+
+
+def order_escrow(order_id: str) -> str:
+    return f"order:{order_id}:escrow"
+
+
+def order_held(order_id: str) -> str:
+    return f"order:{order_id}:held"
+
+
+def seller_account(seller_id: str, kind: str) -> str:
+    """`seller:{id}:payable|frozen|deposit|owed`."""
+    return f"seller:{seller_id}:{kind}"

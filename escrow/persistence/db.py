@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
@@ -36,6 +37,11 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _json(value: Any) -> str:
+    """JSON columns: RFC 3339 UTC timestamps, the same bytes on both databases."""
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC).decode()
+
+
 def make_engine(url: str, *, pool_size: int = 20) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -47,6 +53,7 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             pool_size=pool_size,
             max_overflow=pool_size,
+            json_serializer=_json,
         )
         _configure_sqlite(engine)
         return engine
@@ -55,6 +62,7 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
+        json_serializer=_json,
         # Plain READ COMMITTED: guards are row-locking conditional UPDATEs, not snapshots.
         isolation_level="READ COMMITTED",
     )

@@ -289,3 +289,50 @@ payout_accounts = Table(
     Column("bic", String(11), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+
+# --- findings ---
+
+FINDING_KINDS = ("keyword", "seller", "listing")
+FINDING_STATUSES = ("suspected", "confirmed", "dismissed")
+FINDING_SEVERITIES = ("low", "medium", "high", "critical")
+
+# What screening looks for. Patterns and ids are JSON lists: a finding is written once and
+# read whole by the matcher registry, never searched by its values in SQL. An expired finding
+# keeps its stored status; "expired" is derived from `expires_at` when it is read.
+findings = Table(
+    "findings",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("brand", String(200), nullable=False),
+    Column("patterns", JSON(), nullable=False),
+    Column("seller_ids", JSON(), nullable=False),
+    Column("listing_ids", JSON(), nullable=False),
+    Column("rights_holder_id", String(200), nullable=True),
+    Column("jurisdiction", String(8), nullable=True),
+    Column("severity", String(16), nullable=True),
+    Column("evidence_url", String(2000), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint("kind IN (" + ", ".join(f"'{k}'" for k in FINDING_KINDS) + ")", name="kind"),
+    CheckConstraint("status IN (" + ", ".join(f"'{s}'" for s in FINDING_STATUSES) + ")", name="status"),
+    CheckConstraint(
+        "severity IS NULL OR severity IN (" + ", ".join(f"'{s}'" for s in FINDING_SEVERITIES) + ")", name="severity"
+    ),
+    Index(None, "status", "expires_at"),
+    Index(None, "rights_holder_id"),
+)
+
+# One row, bumped in the same transaction as every change to `findings`: each API process
+# polls it (a primary-key read) to learn, cheaply, that its matcher is out of date.
+finding_revision = Table(
+    "finding_revision",
+    metadata,
+    Column("id", SmallInteger(), primary_key=True),
+    Column("revision", BigInteger(), nullable=False),
+    CheckConstraint("id = 1", name="singleton"),
+)

@@ -1,0 +1,160 @@
+"""Orders: intake (single and batch), read, confirm, ordinary refund."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import Field, StrictStr, ValidationError
+from sqlalchemy import Connection
+from starlette.responses import Response
+
+from escrow import idempotency
+from escrow.api.deps import Components, Operation, components, json_response, operation_for, require
+from escrow.api.problems import from_error, problem_body
+from escrow.api.schemas import ExternalId, MoneyIn, Reason, Strict
+from escrow.audit import Actor
+from escrow.auth import Principal, Role
+from escrow.errors import EscrowError
+from escrow.limits import BATCH_ORDERS_MAX
+from escrow.service.orders import NewOrder, confirm_order, get_order, record_order, refund_order
+from escrow.service.screening import Screening
+
+router = APIRouter(prefix="/v1", tags=["orders"])
+STAFF = (Role.CP_AGENT, Role.CP_SUPERVISOR, Role.IP_STAFF, Role.FINANCE, Role.LEGAL, Role.ADMIN)
+
+
+class PaymentIn(Strict):
+    method: Literal["card", "bank_transfer"]
+    reference: Annotated[StrictStr, Field(min_length=1, max_length=140)]
+
+
+class OrderIn(Strict):
+    order_id: ExternalId
+    buyer_id: ExternalId
+    seller_id: ExternalId
+    listing_id: ExternalId
+    title: Annotated[StrictStr, Field(min_length=1, max_length=1000)]
+    amount: MoneyIn
+    payment: PaymentIn
+    jurisdiction: Annotated[StrictStr, Field(min_length=2, max_length=8, pattern=r"^[A-Z]{2,8}$")]
+
+
+class BatchIn(Strict):
+    orders: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=BATCH_ORDERS_MAX)]
+
+
+class RefundIn(Strict):
+    amount: MoneyIn | None = None
+    reason: Reason
+
+
+def _new_order(body: OrderIn) -> NewOrder:
+    return NewOrder(
+        order_id=body.order_id,
+        buyer_id=body.buyer_id,
+        seller_id=body.seller_id,
+        listing_id=body.listing_id,
+        title=body.title,
+        amount=body.amount.money(),
+        payment_method=body.payment.method,
+        payment_reference=body.payment.reference,
+        jurisdiction=body.jurisdiction,
+        request_hash=idempotency.fingerprint("POST", "/v1/orders", body.model_dump(mode="json")),
+    )
+
+
+def _screen(parts: Components, body: OrderIn) -> Screening:
+    """Screen outside the order's transaction: matching is CPU work and must hold no lock."""
+    return parts.screener.screen(body.title, body.seller_id, body.listing_id)
+
+
+@router.post("/orders", status_code=201)
+def create_order(
+    body: OrderIn, op: Annotated[Operation, Depends(operation_for(Role.CHECKOUT, Role.ADMIN))]
+) -> Response:
+    """Record a paid order and screen it; 201 new, 200 the same order again, 409 a different one."""
+    screening = _screen(op.parts, body)
+    policies = op.parts.settings.policies
+    return op.run(body, lambda conn, actor, now: record_order(conn, actor, now, _new_order(body), screening, policies))
+
+
+def _invalid(index: int, raw: dict[str, Any], exc: ValidationError, request_id: str | None) -> dict[str, Any]:
+    errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+    order_id = raw.get("order_id")
+    return {
+        "index": index,
+        "order_id": order_id if isinstance(order_id, str) else None,
+        "status": 422,
+        "problem": problem_body(422, "validation_failed", "Invalid order", detail, request_id, errors=errors),
+    }
+
+
+@router.post("/orders:batch")
+def create_orders(
+    body: BatchIn, op: Annotated[Operation, Depends(operation_for(Role.CHECKOUT, Role.ADMIN))]
+) -> Response:
+    """Up to BATCH_ORDERS_MAX orders; each one is recorded atomically and answered on its own."""
+    request_id = op.actor.request_id
+    prepared: list[tuple[int, OrderIn, Screening] | dict[str, Any]] = []
+    for index, raw in enumerate(body.orders):
+        try:
+            order = OrderIn.model_validate(raw)
+        except ValidationError as exc:
+            prepared.append(_invalid(index, raw, exc, request_id))
+            continue
+        prepared.append((index, order, _screen(op.parts, order)))
+    policies = op.parts.settings.policies
+
+    def work(conn: Connection, actor: Actor, now: Any) -> tuple[int, dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        for item in prepared:
+            if isinstance(item, dict):
+                results.append(item)
+                continue
+            index, order, screening = item
+            savepoint = conn.begin_nested()  # each order atomic on its own
+            try:
+                status, view = record_order(conn, actor, now, _new_order(order), screening, policies)
+            except EscrowError as exc:
+                savepoint.rollback()
+                problem = from_error(exc, actor.request_id)
+                results.append(
+                    {"index": index, "order_id": order.order_id, "status": problem["status"], "problem": problem}
+                )
+                continue
+            savepoint.commit()
+            results.append({"index": index, "order_id": order.order_id, "status": status, "order": view})
+        return 200, {"data": results}
+
+    return op.run(body, work)
+
+
+@router.get("/orders/{order_id}")
+def read_order(
+    order_id: ExternalId,
+    _: Annotated[Principal, Depends(require(Role.CHECKOUT, *STAFF))],
+    parts: Annotated[Components, Depends(components)],
+) -> Response:
+    with parts.engine.connect() as conn:
+        return json_response(200, get_order(conn, order_id))
+
+
+@router.post("/orders/{order_id}/confirm")
+def confirm(
+    order_id: ExternalId, op: Annotated[Operation, Depends(operation_for(Role.CHECKOUT, Role.ADMIN))]
+) -> Response:
+    """The buyer confirmed receipt."""
+    return op.run({"order_id": order_id}, lambda conn, actor, now: (200, confirm_order(conn, actor, now, order_id)))
+
+
+@router.post("/orders/{order_id}/refund")
+def refund(
+    order_id: ExternalId,
+    body: RefundIn,
+    op: Annotated[Operation, Depends(operation_for(Role.CHECKOUT, Role.CP_AGENT, Role.ADMIN))],
+) -> Response:
+    """Ordinary refund of unheld escrow before confirmation (all of it when no amount is given)."""
+    amount = body.amount.money() if body.amount else None
+    return op.run(body, lambda conn, actor, now: (200, refund_order(conn, actor, now, order_id, amount, body.reason)))

@@ -1,0 +1,1 @@
+"""Decisions about orders and holds: pure functions, no I/O."""

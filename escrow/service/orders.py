@@ -1,0 +1,396 @@
+"""Order intake, confirmation and ordinary refunds (DESIGN §2 flows 1, 4, 5).
+
+Every function runs inside the caller's transaction and locks what it changes, always in
+one global order — seller row (shared; exclusive for freeze/unfreeze), then order row,
+then hold rows, then balance rows (sorted) — so a release, a confirmation, an expiry and
+a freeze racing on one order or seller apply one after the other and never deadlock.
+SQLite's BEGIN IMMEDIATE serializes writers instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from escrow import audit, events
+from escrow.audit import Actor
+from escrow.domain.orders import Parts, default_hold_deadline, hold_cap, order_status
+from escrow.errors import ExceedsEscrowedAmount, IllegalTransition, NotFound, OrderConflict
+from escrow.ids import new_id
+from escrow.ledger import Entry, Ledger, Posting, transfer
+from escrow.ledger.chart import IN_TRANSIT_REFUNDS, clearing, order_escrow, order_held, seller_account
+from escrow.money import Money
+from escrow.persistence.tables import holds, orders, sellers
+from escrow.service.screening import Screening
+from escrow.settings import Policies
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrder:
+    order_id: str
+    buyer_id: str
+    seller_id: str
+    listing_id: str
+    title: str
+    amount: Money
+    payment_method: str
+    payment_reference: str
+    jurisdiction: str
+    request_hash: str
+
+
+def _insert(conn: Connection, table: Any) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def hold_view(h: Any) -> dict[str, Any]:
+    return {
+        "id": h.id,
+        "order_id": h.order_id,
+        "seller_id": h.seller_id,
+        "amount": {"amount": h.amount, "currency": h.currency},
+        "original_amount": {"amount": h.original_amount, "currency": h.currency},
+        "status": h.status,
+        "reason": h.reason,
+        "finding_ids": h.finding_ids,
+        "expires_at": h.expires_at,
+        "claim_window_ends_at": h.claim_window_ends_at,
+        "funds": "frozen" if h.confirmed else "escrow",
+        "created_at": h.created_at,
+        "updated_at": h.updated_at,
+    }
+
+
+def order_view(conn: Connection, o: Any) -> dict[str, Any]:
+    order_holds = conn.execute(select(holds).where(holds.c.order_id == o.order_id).order_by(holds.c.id)).all()
+    return {
+        "order_id": o.order_id,
+        "buyer_id": o.buyer_id,
+        "seller_id": o.seller_id,
+        "listing_id": o.listing_id,
+        "title": o.title,
+        "currency": o.currency,
+        "amount": {"amount": o.amount, "currency": o.currency},
+        "payment": {"method": o.payment_method, "reference": o.payment_reference},
+        "status": o.status,
+        "jurisdiction": o.jurisdiction,
+        "balances": {
+            "escrowed": o.escrowed,
+            "held": o.held,
+            "released": o.released,
+            "refunded": o.refunded,
+            "frozen": o.frozen,
+        },
+        "screening": o.screening,
+        "holds": [hold_view(h) for h in order_holds],
+        "created_at": o.created_at,
+        "confirmed_at": o.confirmed_at,
+    }
+
+
+def get_order(conn: Connection, order_id: str) -> dict[str, Any]:
+    row = conn.execute(select(orders).where(orders.c.order_id == order_id)).one_or_none()
+    if row is None:
+        raise NotFound(f"order {order_id} not found")
+    return order_view(conn, row)
+
+
+def lock_order(conn: Connection, order_id: str) -> Row[Any]:
+    """The order row, locked until the transaction ends; raises NotFound."""
+    row = conn.execute(select(orders).where(orders.c.order_id == order_id).with_for_update()).one_or_none()
+    if row is None:
+        raise NotFound(f"order {order_id} not found")
+    return row
+
+
+def parts_of(o: Any) -> Parts:
+    return Parts(o.escrowed, o.held, o.frozen, o.released, o.refunded)
+
+
+def save_parts(conn: Connection, o: Any, parts: Parts, *, confirmed_at: datetime | None = None) -> None:
+    """Write new parts and the status they imply; the table's CHECK re-proves conservation."""
+    confirmed = confirmed_at is not None or o.confirmed_at is not None
+    values: dict[str, Any] = {
+        "escrowed": parts.escrowed,
+        "held": parts.held,
+        "frozen": parts.frozen,
+        "released": parts.released,
+        "refunded": parts.refunded,
+        "status": order_status(parts, amount=o.amount, confirmed=confirmed),
+    }
+    if confirmed_at is not None:
+        values["confirmed_at"] = confirmed_at
+    conn.execute(update(orders).where(orders.c.order_id == o.order_id).values(**values))
+
+
+def seller_is_frozen(conn: Connection, seller_id: str, now: datetime) -> bool:
+    """Whether proceeds must go to frozen; holds a share lock so a concurrent freeze waits for us.
+
+    The seller row is created on first use so the lock has a row to attach to: a freeze
+    (exclusive lock) and a confirmation (share lock) of one seller never interleave.
+    """
+    conn.execute(
+        _insert(conn, sellers)
+        .values(seller_id=seller_id, frozen=False, created_at=now)
+        .on_conflict_do_nothing(index_elements=["seller_id"])
+    )
+    query = select(sellers.c.frozen).where(sellers.c.seller_id == seller_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    return bool(conn.execute(query).scalar_one())
+
+
+# --- intake -------------------------------------------------------------------------------
+
+
+def record_order(
+    conn: Connection, actor: Actor, now: datetime, order: NewOrder, screening: Screening, policies: Policies
+) -> tuple[int, dict[str, Any]]:
+    """Record a paid order and act on its screening; 201 new, 200 same order again.
+
+    Raises OrderConflict when the order id exists with different details.
+    """
+    amount = order.amount.amount_minor
+    inserted = conn.execute(
+        _insert(conn, orders)
+        .values(
+            order_id=order.order_id,
+            buyer_id=order.buyer_id,
+            seller_id=order.seller_id,
+            listing_id=order.listing_id,
+            title=order.title,
+            currency=order.amount.currency,
+            amount=amount,
+            payment_method=order.payment_method,
+            payment_reference=order.payment_reference,
+            jurisdiction=order.jurisdiction,
+            status="escrowed",
+            escrowed=amount,
+            held=0,
+            frozen=0,
+            released=0,
+            refunded=0,
+            screening=screening.to_wire(),
+            request_hash=order.request_hash,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["order_id"])
+        .returning(orders.c.order_id)
+    ).first()
+    if inserted is None:
+        existing = conn.execute(select(orders).where(orders.c.order_id == order.order_id)).one()
+        if existing.request_hash != order.request_hash:
+            raise OrderConflict(f"order {order.order_id} was already recorded with different details")
+        return 200, order_view(conn, existing)
+
+    ledger = Ledger(conn)
+    ledger.post(
+        transfer("order_paid", clearing(order.payment_method), order_escrow(order.order_id), order.amount),
+        now=now,
+        request_id=actor.request_id,
+    )
+    audit.record(
+        conn,
+        actor,
+        "order.recorded",
+        order.order_id,
+        now=now,
+        data={"amount": order.amount.to_wire(), "seller_id": order.seller_id, "decision": screening.decision},
+    )
+    events.emit(
+        conn,
+        "order.screened",
+        {"order_id": order.order_id, "seller_id": order.seller_id, **screening.to_wire()},
+        now=now,
+    )
+    if screening.decision != "pass":
+        review = screening.decision == "review"
+        policy = policies.for_jurisdiction(order.jurisdiction)
+        o = lock_order(conn, order.order_id)
+        place_hold_locked(
+            conn,
+            actor,
+            now,
+            o,
+            amount=amount,
+            reason="screening: suspected finding, held for review" if review else "screening: confirmed finding",
+            finding_ids=list(screening.review_finding_ids if review else screening.hold_finding_ids),
+            expires_at=default_hold_deadline(now, policy, review=review),
+            cap=hold_cap(now, policy),
+        )
+    return 201, get_order(conn, order.order_id)
+
+
+# --- holds on an order (placing is here because intake places holds too) -------------------
+
+
+def place_hold_locked(
+    conn: Connection,
+    actor: Actor,
+    now: datetime,
+    o: Any,
+    *,
+    amount: int,
+    reason: str,
+    finding_ids: list[str],
+    expires_at: datetime,
+    cap: datetime,
+) -> dict[str, Any]:
+    """Move `amount` of the locked order `o` from escrow into a new hold."""
+    if o.confirmed_at is not None:
+        raise IllegalTransition(f"order {o.order_id} is confirmed: its funds have left escrow")
+    if amount > o.escrowed:
+        raise ExceedsEscrowedAmount(
+            f"hold of {amount} exceeds the {o.escrowed} {o.currency} still escrowed on order {o.order_id}"
+        )
+    money = Money(amount, o.currency)
+    Ledger(conn).post(
+        transfer("hold_placed", order_escrow(o.order_id), order_held(o.order_id), money),
+        now=now,
+        request_id=actor.request_id,
+    )
+    p = parts_of(o)
+    save_parts(conn, o, Parts(p.escrowed - amount, p.held + amount, p.frozen, p.released, p.refunded))
+    hold_id = new_id("hld")
+    row = {
+        "id": hold_id,
+        "order_id": o.order_id,
+        "seller_id": o.seller_id,
+        "currency": o.currency,
+        "amount": amount,
+        "original_amount": amount,
+        "status": "active",
+        "reason": reason,
+        "finding_ids": finding_ids,
+        "confirmed": False,
+        "expires_at": expires_at,
+        "max_expires_at": max(cap, expires_at),
+        "claim_window_ends_at": None,
+        "counter_notice": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    conn.execute(holds.insert(), row)
+    audit.record(
+        conn, actor, "hold.placed", hold_id, now=now, reason=reason,
+        data={"order_id": o.order_id, "amount": money.to_wire(), "finding_ids": finding_ids},
+    )  # fmt: skip
+    events.emit(
+        conn,
+        "hold.placed",
+        {"hold_id": hold_id, "order_id": o.order_id, "seller_id": o.seller_id, "amount": money.to_wire()},
+        now=now,
+    )
+    return row
+
+
+# --- confirmation and refunds ---------------------------------------------------------------
+
+
+def confirm_order(conn: Connection, actor: Actor, now: datetime, order_id: str) -> dict[str, Any]:
+    """The buyer confirmed receipt: unheld escrow to the seller, held funds to frozen.
+
+    While the seller is frozen the unheld part goes to frozen too. Raises NotFound,
+    IllegalTransition (already confirmed, or fully refunded).
+    """
+    seller_id = conn.execute(select(orders.c.seller_id).where(orders.c.order_id == order_id)).scalar_one_or_none()
+    if seller_id is None:
+        raise NotFound(f"order {order_id} not found")
+    frozen_seller = seller_is_frozen(conn, seller_id, now)  # seller before order: the global lock order
+    o = lock_order(conn, order_id)
+    if o.confirmed_at is not None:
+        raise IllegalTransition(f"order {order_id} is already confirmed")
+    if o.escrowed == 0 and o.held == 0:
+        raise IllegalTransition(f"order {order_id} has nothing left in escrow (status {o.status})")
+    payable = seller_account(o.seller_id, "payable")
+    frozen = seller_account(o.seller_id, "frozen")
+    legs: list[Posting] = []
+    if o.escrowed:
+        legs += [
+            Posting(order_escrow(order_id), Money(-o.escrowed, o.currency)),
+            Posting(frozen if frozen_seller else payable, Money(o.escrowed, o.currency)),
+        ]
+    if o.held:
+        legs += [Posting(order_held(order_id), Money(-o.held, o.currency)), Posting(frozen, Money(o.held, o.currency))]
+    Ledger(conn).post(Entry("order_confirmed", tuple(legs)), now=now, request_id=actor.request_id)
+    p = parts_of(o)
+    to_frozen = p.held + (p.escrowed if frozen_seller else 0)
+    to_released = 0 if frozen_seller else p.escrowed
+    save_parts(conn, o, Parts(0, 0, p.frozen + to_frozen, p.released + to_released, p.refunded), confirmed_at=now)
+    conn.execute(
+        update(holds)
+        .where(and_(holds.c.order_id == order_id, holds.c.status.in_(("active", "contested"))))
+        .values(confirmed=True, updated_at=now)
+    )
+    audit.record(
+        conn, actor, "order.confirmed", order_id, now=now,
+        data={"released": to_released, "frozen": to_frozen, "seller_frozen": frozen_seller},
+    )  # fmt: skip
+    events.emit(
+        conn,
+        "order.confirmed",
+        {
+            "order_id": order_id,
+            "seller_id": o.seller_id,
+            "released": {"amount": to_released, "currency": o.currency},
+            "frozen": {"amount": to_frozen, "currency": o.currency},
+        },
+        now=now,
+    )
+    return get_order(conn, order_id)
+
+
+def refund_order(
+    conn: Connection, actor: Actor, now: datetime, order_id: str, amount: Money | None, reason: str
+) -> dict[str, Any]:
+    """Ordinary refund of unheld escrow before confirmation; the money leaves via in_transit:refunds.
+
+    Raises NotFound, IllegalTransition (confirmed), ExceedsEscrowedAmount (held money is
+    not refundable here: release the hold first, or use an advance refund).
+    """
+    o = lock_order(conn, order_id)
+    if o.confirmed_at is not None:
+        raise IllegalTransition(f"order {order_id} is confirmed; an ordinary refund is only possible before")
+    if amount is not None and amount.currency != o.currency:
+        raise IllegalTransition(f"order {order_id} is in {o.currency}, not {amount.currency}")
+    value = o.escrowed if amount is None else amount.amount_minor
+    if value == 0:
+        raise ExceedsEscrowedAmount(f"order {order_id} has no unheld escrow to refund")
+    if value > o.escrowed:
+        raise ExceedsEscrowedAmount(
+            f"refund of {value} exceeds the {o.escrowed} {o.currency} of unheld escrow on order {order_id}"
+        )
+    money = Money(value, o.currency)
+    refund_id = new_id("ref")
+    Ledger(conn).post(
+        transfer("order_refunded", order_escrow(order_id), IN_TRANSIT_REFUNDS, money, memo=refund_id),
+        now=now,
+        request_id=actor.request_id,
+    )
+    p = parts_of(o)
+    save_parts(conn, o, Parts(p.escrowed - value, p.held, p.frozen, p.released, p.refunded + value))
+    audit.record(
+        conn,
+        actor,
+        "order.refunded",
+        order_id,
+        now=now,
+        reason=reason,
+        data={"refund_id": refund_id, "amount": money.to_wire()},
+    )
+    events.emit(
+        conn,
+        "order.refunded",
+        {"order_id": order_id, "refund_id": refund_id, "amount": money.to_wire(), "method": o.payment_method},
+        now=now,
+    )
+    view = get_order(conn, order_id)
+    view["refund"] = {"id": refund_id, "amount": money.to_wire(), "status": "submitted"}
+    return view

@@ -1,0 +1,377 @@
+"""The checkout flow over HTTP on both databases: orders, holds, confirmation, refunds, sellers, deadlines."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from escrow.service.holds import expire_due
+from tests.integration.checkout_support import an_order, assert_conserved
+from tests.integration.conftest import Api
+from tests.integration.test_api_errors_auth import assert_problem
+
+
+def post(api: Api, role: str, path: str, body: Any, **headers: str) -> Any:
+    return api.client.post(path, json=body, headers={**api.key(role), **headers})
+
+
+class Session:
+    """Keys made once per test, so the tests read like the checkout's own calls."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.keys = {r: api.key(r) for r in ("checkout", "ip_staff", "cp_agent", "cp_supervisor", "finance", "admin")}
+
+    def call(self, role: str, method: str, path: str, body: Any = None) -> Any:
+        return self.api.client.request(method, path, json=body, headers=self.keys[role])
+
+    def order(self, n: int | str = 1, **overrides: Any) -> dict[str, Any]:
+        response = self.call("checkout", "POST", "/v1/orders", an_order(n, **overrides))
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def hold(self, order_id: str, amount: int | None = None, **extra: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"order_id": order_id, "reason": "suspected counterfeit", **extra}
+        if amount is not None:
+            body["amount"] = {"amount": amount, "currency": "EUR"}
+        response = self.call("ip_staff", "POST", "/v1/holds", body)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def balances(self, order_id: str) -> dict[str, int]:
+        return dict(self.call("checkout", "GET", f"/v1/orders/{order_id}").json()["balances"])
+
+
+@pytest.fixture
+def s(api: Api) -> Session:
+    return Session(api)
+
+
+class TestIntake:
+    def test_new_order_is_escrowed_and_has_the_contract_shape(self, s: Session) -> None:
+        """A paid order answers 201 with the DESIGN shape, its money in escrow."""
+        order = s.order()
+        shape = {"order_id", "buyer_id", "seller_id", "listing_id", "title", "currency", "amount", "status"}
+        assert set(order) >= shape | {"jurisdiction", "balances", "screening", "holds", "created_at"}
+        assert order["amount"] == {"amount": 10_000, "currency": "EUR"}
+        assert order["status"] == "escrowed" and order["screening"] == {"decision": "pass", "matches": []}
+        assert order["balances"] == {"escrowed": 10_000, "held": 0, "released": 0, "refunded": 0, "frozen": 0}
+        assert order["created_at"].endswith("Z")
+        assert_conserved(s.api)
+
+    def test_same_order_again_is_200_and_books_nothing(self, s: Session) -> None:
+        """Replaying the same order (no idempotency key) answers 200 with the same order."""
+        first = s.order()
+        again = s.call("checkout", "POST", "/v1/orders", an_order())
+        assert again.status_code == 200 and again.json() == first
+        assert s.api.db.count("journal_entries") == 1
+
+    def test_same_order_id_other_body_is_409(self, s: Session) -> None:
+        s.order()
+        other = s.call("checkout", "POST", "/v1/orders", an_order(amount={"amount": 9_999, "currency": "EUR"}))
+        assert_problem(other, 409, "order_conflict")
+        assert s.balances("o-1")["escrowed"] == 10_000
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"amount": {"amount": 12.5, "currency": "EUR"}},
+            {"amount": {"amount": 0, "currency": "EUR"}},
+            {"amount": {"amount": 100, "currency": "XYZ"}},
+            {"payment": {"method": "cash", "reference": "x"}},
+            {"order_id": "bad id"},
+            {"title": ""},
+            {"jurisdiction": "eu"},
+            {"unexpected": True},
+        ],
+    )
+    def test_bad_order_is_422_and_writes_nothing(self, s: Session, change: dict[str, Any]) -> None:
+        response = s.call("checkout", "POST", "/v1/orders", an_order(**change))
+        assert_problem(response, 422, "validation_failed")
+        assert s.api.db.count("orders") == 0 and s.api.db.count("journal_entries") == 0
+
+    def test_only_checkout_records_orders(self, s: Session) -> None:
+        assert_problem(s.call("finance", "POST", "/v1/orders", an_order()), 403, "forbidden")
+
+    def test_unknown_order_is_404(self, s: Session) -> None:
+        assert_problem(s.call("checkout", "GET", "/v1/orders/nope"), 404, "not_found")
+
+    def test_batch_answers_each_order(self, s: Session) -> None:
+        """Valid, duplicate, conflicting and invalid orders in one batch each get their own result."""
+        s.order(1)
+        batch = [
+            an_order(2),
+            an_order(1),
+            an_order(1, title="changed"),
+            an_order(3, amount={"amount": 1.5, "currency": "EUR"}),
+            an_order(4),
+        ]
+        response = s.call("checkout", "POST", "/v1/orders:batch", {"orders": batch})
+        assert response.status_code == 200
+        results = response.json()["data"]
+        assert [r["status"] for r in results] == [201, 200, 409, 422, 201]
+        assert results[2]["problem"]["code"] == "order_conflict"
+        assert results[3]["problem"]["code"] == "validation_failed"
+        assert s.api.db.count("orders") == 3
+        assert_conserved(s.api)
+
+    def test_batch_is_bounded(self, s: Session) -> None:
+        response = s.call("checkout", "POST", "/v1/orders:batch", {"orders": [an_order(i) for i in range(1001)]})
+        assert_problem(response, 422, "validation_failed")
+
+
+class TestHolds:
+    def test_partial_holds_never_exceed_escrow(self, s: Session) -> None:
+        """Several partial holds may be placed; one more than what is escrowed is refused."""
+        s.order()
+        s.hold("o-1", 3_000)
+        s.hold("o-1", 5_000)
+        over = s.call(
+            "ip_staff",
+            "POST",
+            "/v1/holds",
+            {"order_id": "o-1", "amount": {"amount": 2_001, "currency": "EUR"}, "reason": "x"},
+        )
+        assert_problem(over, 409, "exceeds_escrowed_amount")
+        assert s.balances("o-1") == {"escrowed": 2_000, "held": 8_000, "released": 0, "refunded": 0, "frozen": 0}
+        order = s.call("checkout", "GET", "/v1/orders/o-1").json()
+        assert order["status"] == "held" and len(order["holds"]) == 2
+        assert_conserved(s.api)
+
+    def test_partial_then_full_release(self, s: Session) -> None:
+        s.order()
+        hold = s.hold("o-1", 6_000)
+        part = s.call(
+            "checkout",
+            "POST",
+            f"/v1/holds/{hold['id']}/release",
+            {"amount": {"amount": 2_500, "currency": "EUR"}, "reason": "partial"},
+        )
+        assert (
+            part.status_code == 200 and part.json()["status"] == "active" and part.json()["amount"]["amount"] == 3_500
+        )
+        over = s.call(
+            "checkout",
+            "POST",
+            f"/v1/holds/{hold['id']}/release",
+            {"amount": {"amount": 3_501, "currency": "EUR"}, "reason": "x"},
+        )
+        assert_problem(over, 409, "exceeds_held_amount")
+        full = s.call("checkout", "POST", f"/v1/holds/{hold['id']}/release", {"reason": "cleared"})
+        assert full.json()["status"] == "released" and full.json()["amount"]["amount"] == 0
+        again = s.call("checkout", "POST", f"/v1/holds/{hold['id']}/release", {"reason": "again"})
+        assert_problem(again, 409, "illegal_transition")
+        assert s.balances("o-1")["escrowed"] == 10_000
+        assert_conserved(s.api)
+
+    def test_deadline_must_be_within_policy(self, s: Session) -> None:
+        """A hold's deadline is at most hold_max_days away; extensions stay under the cap."""
+        s.order()
+        now = s.api.clock.now()
+        too_late = (now + timedelta(days=91)).isoformat()
+        response = s.call("ip_staff", "POST", "/v1/holds", {"order_id": "o-1", "reason": "x", "expires_at": too_late})
+        assert_problem(response, 422, "beyond_hold_maximum")
+        hold = s.hold("o-1", 1_000, expires_at=(now + timedelta(days=30)).isoformat())
+        ok = s.call(
+            "ip_staff",
+            "POST",
+            f"/v1/holds/{hold['id']}/extend",
+            {"expires_at": (now + timedelta(days=200)).isoformat(), "reason": "court date"},
+        )
+        assert ok.status_code == 200
+        beyond = s.call(
+            "ip_staff",
+            "POST",
+            f"/v1/holds/{hold['id']}/extend",
+            {"expires_at": (now + timedelta(days=271)).isoformat(), "reason": "x"},
+        )
+        assert_problem(beyond, 422, "beyond_hold_maximum")
+        earlier = s.call(
+            "ip_staff",
+            "POST",
+            f"/v1/holds/{hold['id']}/extend",
+            {"expires_at": (now + timedelta(days=10)).isoformat(), "reason": "x"},
+        )
+        assert_problem(earlier, 422, "beyond_hold_maximum")
+        assert_problem(
+            s.call("checkout", "POST", f"/v1/holds/{hold['id']}/extend", {"expires_at": too_late, "reason": "x"}),
+            403,
+            "forbidden",
+        )
+
+    def test_naive_deadline_is_refused(self, s: Session) -> None:
+        s.order()
+        response = s.call(
+            "ip_staff", "POST", "/v1/holds", {"order_id": "o-1", "reason": "x", "expires_at": "2026-12-01T00:00:00"}
+        )
+        assert_problem(response, 422, "validation_failed")
+
+    def test_contest_starts_the_claim_window_and_lapses(self, s: Session) -> None:
+        """A counter-notice with no claim in the window ends the hold; the worker does it once."""
+        s.order()
+        hold = s.hold("o-1", 4_000)
+        contested = s.call(
+            "checkout", "POST", f"/v1/holds/{hold['id']}/contest", {"statement": "genuine item, invoice attached"}
+        )
+        assert contested.json()["status"] == "contested"
+        assert_problem(
+            s.call("checkout", "POST", f"/v1/holds/{hold['id']}/contest", {"statement": "again"}),
+            409,
+            "illegal_transition",
+        )
+        s.api.clock.advance(timedelta(days=13))
+        assert expire_due(s.api.parts.engine, s.api.clock.now()) == 0
+        s.api.clock.advance(timedelta(days=2))
+        assert expire_due(s.api.parts.engine, s.api.clock.now()) == 1
+        assert expire_due(s.api.parts.engine, s.api.clock.now()) == 0
+        assert s.call("checkout", "GET", f"/v1/holds/{hold['id']}").json()["status"] == "released"
+        assert s.balances("o-1")["escrowed"] == 10_000
+        assert_conserved(s.api)
+
+    def test_holds_expire_at_their_deadline_once(self, s: Session) -> None:
+        s.order(1)
+        s.order(2)
+        now = s.api.clock.now()
+        h1 = s.hold("o-1", 1_000, expires_at=(now + timedelta(days=1)).isoformat())
+        h2 = s.hold("o-2", 2_000, expires_at=(now + timedelta(days=5)).isoformat())
+        s.api.clock.advance(timedelta(days=2))
+        assert expire_due(s.api.parts.engine, s.api.clock.now()) == 1
+        assert s.call("checkout", "GET", f"/v1/holds/{h1['id']}").json()["status"] == "expired"
+        assert s.call("checkout", "GET", f"/v1/holds/{h2['id']}").json()["status"] == "active"
+        feed = s.call("checkout", "GET", "/v1/events?type=hold.expired").json()["data"]
+        assert [e["data"]["hold_id"] for e in feed] == [h1["id"]]
+        assert_conserved(s.api)
+
+    def test_list_filters_and_paginates(self, s: Session) -> None:
+        for n in range(5):
+            s.order(n, seller_id="s-2" if n % 2 else "s-1")
+            s.hold(f"o-{n}", 100)
+        seen: list[str] = []
+        cursor = ""
+        while True:
+            page = s.call("ip_staff", "GET", f"/v1/holds?limit=2&seller_id=s-1{cursor}").json()
+            seen += [h["id"] for h in page["data"]]
+            if not page["has_more"]:
+                break
+            cursor = f"&starting_after={page['data'][-1]['id']}"
+        assert len(seen) == len(set(seen)) == 3
+        assert s.call("ip_staff", "GET", "/v1/holds?status=active").json()["data"].__len__() == 5
+        assert_problem(s.call("ip_staff", "GET", "/v1/holds?status=bogus"), 422, "validation_failed")
+        assert_problem(s.call("ip_staff", "GET", "/v1/holds?limit=201"), 422, "validation_failed")
+        assert_problem(s.call("ip_staff", "GET", "/v1/holds/hld_nope"), 422, "validation_failed")
+
+
+class TestConfirmation:
+    def test_confirm_pays_unheld_and_freezes_held(self, s: Session) -> None:
+        """Unheld escrow goes to the seller's payable, held funds to frozen, still tied to the hold."""
+        s.order()
+        hold = s.hold("o-1", 3_000)
+        confirmed = s.call("checkout", "POST", "/v1/orders/o-1/confirm")
+        assert confirmed.status_code == 200
+        assert confirmed.json()["balances"] == {
+            "escrowed": 0,
+            "held": 0,
+            "released": 7_000,
+            "refunded": 0,
+            "frozen": 3_000,
+        }
+        assert confirmed.json()["status"] == "confirmed"
+        seller = s.call("finance", "GET", "/v1/sellers/s-1").json()
+        assert seller["balances"] == [
+            {"currency": "EUR", "escrowed": 0, "held": 0, "payable": 7_000, "frozen": 3_000, "deposit": 0, "owed": 0}
+        ]
+        assert_problem(s.call("checkout", "POST", "/v1/orders/o-1/confirm"), 409, "illegal_transition")
+        released = s.call("checkout", "POST", f"/v1/holds/{hold['id']}/release", {"reason": "no claim"})
+        assert released.json()["funds"] == "frozen" and released.json()["status"] == "released"
+        assert s.balances("o-1") == {"escrowed": 0, "held": 0, "released": 10_000, "refunded": 0, "frozen": 0}
+        assert s.call("checkout", "GET", "/v1/orders/o-1").json()["status"] == "closed"
+        assert_conserved(s.api)
+
+    def test_no_hold_after_confirmation(self, s: Session) -> None:
+        s.order()
+        s.call("checkout", "POST", "/v1/orders/o-1/confirm")
+        response = s.call("ip_staff", "POST", "/v1/holds", {"order_id": "o-1", "reason": "late"})
+        assert_problem(response, 409, "illegal_transition")
+
+
+class TestRefunds:
+    def test_refund_of_unheld_escrow(self, s: Session) -> None:
+        s.order()
+        s.hold("o-1", 4_000)
+        too_much = s.call(
+            "cp_agent", "POST", "/v1/orders/o-1/refund", {"amount": {"amount": 6_001, "currency": "EUR"}, "reason": "x"}
+        )
+        assert_problem(too_much, 409, "exceeds_escrowed_amount")
+        refunded = s.call("cp_agent", "POST", "/v1/orders/o-1/refund", {"reason": "buyer cancelled"})
+        assert refunded.status_code == 200 and refunded.json()["refund"]["amount"]["amount"] == 6_000
+        assert s.balances("o-1") == {"escrowed": 0, "held": 4_000, "released": 0, "refunded": 6_000, "frozen": 0}
+        assert_conserved(s.api)
+
+    def test_no_ordinary_refund_after_confirmation(self, s: Session) -> None:
+        s.order()
+        s.call("checkout", "POST", "/v1/orders/o-1/confirm")
+        assert_problem(s.call("checkout", "POST", "/v1/orders/o-1/refund", {"reason": "x"}), 409, "illegal_transition")
+
+    def test_full_refund_marks_the_order_refunded(self, s: Session) -> None:
+        s.order()
+        s.call("checkout", "POST", "/v1/orders/o-1/refund", {"reason": "cancelled"})
+        assert s.call("checkout", "GET", "/v1/orders/o-1").json()["status"] == "refunded"
+        assert_problem(s.call("checkout", "POST", "/v1/orders/o-1/confirm"), 409, "illegal_transition")
+
+
+class TestSellerFreeze:
+    def test_freeze_routes_proceeds_to_frozen_and_unfreeze_releases_untied(self, s: Session) -> None:
+        """Payable moves to frozen; later proceeds go there too; unfreeze frees all but what holds tie."""
+        s.order(1)
+        s.call("checkout", "POST", "/v1/orders/o-1/confirm")
+        frozen = s.call("ip_staff", "POST", "/v1/sellers/s-1/freeze", {"reason": "repeat offender"})
+        assert frozen.json()["frozen"] is True and frozen.json()["balances"][0]["frozen"] == 10_000
+        s.order(2)
+        hold = s.hold("o-2", 2_000)
+        s.call("checkout", "POST", "/v1/orders/o-2/confirm")
+        assert s.balances("o-2") == {"escrowed": 0, "held": 0, "released": 0, "refunded": 0, "frozen": 10_000}
+        assert_problem(s.call("ip_staff", "POST", "/v1/sellers/s-1/unfreeze", {"reason": "x"}), 403, "forbidden")
+        unfrozen = s.call("cp_supervisor", "POST", "/v1/sellers/s-1/unfreeze", {"reason": "appeal upheld"})
+        assert unfrozen.status_code == 200
+        balances = unfrozen.json()["balances"][0]
+        assert (balances["payable"], balances["frozen"]) == (18_000, 2_000)
+        assert s.balances("o-2") == {"escrowed": 0, "held": 0, "released": 8_000, "refunded": 0, "frozen": 2_000}
+        s.call("checkout", "POST", f"/v1/holds/{hold['id']}/release", {"reason": "no claim"})
+        assert s.call("finance", "GET", "/v1/sellers/s-1").json()["balances"][0]["payable"] == 20_000
+        assert_conserved(s.api)
+
+    def test_release_while_frozen_stays_frozen(self, s: Session) -> None:
+        s.order()
+        hold = s.hold("o-1", 5_000)
+        s.call("checkout", "POST", "/v1/orders/o-1/confirm")
+        s.call("ip_staff", "POST", "/v1/sellers/s-1/freeze", {"reason": "investigation"})
+        s.call("checkout", "POST", f"/v1/holds/{hold['id']}/release", {"reason": "no claim"})
+        seller = s.call("finance", "GET", "/v1/sellers/s-1").json()["balances"][0]
+        assert (seller["payable"], seller["frozen"]) == (0, 10_000)
+        assert_problem(
+            s.call("ip_staff", "POST", "/v1/sellers/s-1/freeze", {"reason": "again"}), 409, "illegal_transition"
+        )
+        assert_conserved(s.api)
+
+
+class TestEvents:
+    def test_feed_is_ordered_and_pages_without_gaps(self, s: Session) -> None:
+        for n in range(4):
+            s.order(n)
+        hold = s.hold("o-0", 100)
+        s.call("checkout", "POST", f"/v1/holds/{hold['id']}/release", {"reason": "ok"})
+        types: list[str] = []
+        ids: list[str] = []
+        after = ""
+        while True:
+            page = s.call("checkout", "GET", f"/v1/events?limit=3{after}").json()
+            types += [e["type"] for e in page["data"]]
+            ids += [e["id"] for e in page["data"]]
+            if not page["has_more"]:
+                break
+            after = f"&after={ids[-1]}"
+        assert ids == sorted(ids) and len(ids) == len(set(ids)) == 6
+        assert types == ["order.screened"] * 4 + ["hold.placed", "hold.released"]
+        assert_problem(s.call("checkout", "GET", "/v1/events?after=evt_x"), 400, "invalid_cursor")

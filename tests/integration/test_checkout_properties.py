@@ -1,0 +1,143 @@
+"""A hypothesis state machine driving the checkout API; money is conserved after every step."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from escrow.service.holds import expire_due
+from tests.integration.checkout_support import an_order, assert_conserved
+from tests.integration.conftest import Api
+
+SELLERS = ["s-1", "s-2"]
+OK = {200, 201}
+REFUSED = {409, 422}
+
+
+def run_checkout_machine(api: Api) -> None:
+    class CheckoutMachine(RuleBasedStateMachine):
+        """Random traffic from checkout and staff; every answer is a success or a clean refusal."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.orders: list[str] = []
+            self.holds: list[str] = []
+            self.count = 0
+
+        @initialize()
+        def fresh(self) -> None:
+            api.parts.engine.dispose()  # the API's own pool must not keep the old SQLite file open
+            api.db.reset()
+            api.parts.authenticator.forget_all()
+            self.keys = {r: api.key(r) for r in ("checkout", "ip_staff", "cp_supervisor")}
+
+        def call(self, role: str, method: str, path: str, body: Any = None) -> Any:
+            response = api.client.request(method, path, json=body, headers=self.keys[role])
+            assert response.status_code < 500, response.text
+            return response
+
+        @rule(amount=st.integers(1, 10**9), seller=st.sampled_from(SELLERS), currency=st.sampled_from(["EUR", "JPY"]))
+        def new_order(self, amount: int, seller: str, currency: str) -> None:
+            self.count += 1
+            body = an_order(self.count, seller_id=seller, amount={"amount": amount, "currency": currency})
+            assert self.call("checkout", "POST", "/v1/orders", body).status_code == 201
+            self.orders.append(f"o-{self.count}")
+
+        @precondition(lambda self: self.orders)
+        @rule(pick=st.integers(0), amount=st.one_of(st.none(), st.integers(1, 10**9)), days=st.integers(1, 90))
+        def hold(self, pick: int, amount: int | None, days: int) -> None:
+            order_id = self.orders[pick % len(self.orders)]
+            currency = self.call("checkout", "GET", f"/v1/orders/{order_id}").json()["currency"]
+            body: dict[str, Any] = {
+                "order_id": order_id,
+                "reason": "prop",
+                "expires_at": (api.clock.now() + timedelta(days=days)).isoformat(),
+            }
+            if amount is not None:
+                body["amount"] = {"amount": amount, "currency": currency}
+            response = self.call("ip_staff", "POST", "/v1/holds", body)
+            assert response.status_code in OK | REFUSED
+            if response.status_code == 201:
+                self.holds.append(response.json()["id"])
+
+        @precondition(lambda self: self.holds)
+        @rule(pick=st.integers(0), part=st.one_of(st.none(), st.integers(1, 10**9)))
+        def release(self, pick: int, part: int | None) -> None:
+            hold = self.call("checkout", "GET", f"/v1/holds/{self.holds[pick % len(self.holds)]}").json()
+            body: dict[str, Any] = {"reason": "prop"}
+            if part is not None:
+                body["amount"] = {"amount": part, "currency": hold["amount"]["currency"]}
+            response = self.call("checkout", "POST", f"/v1/holds/{hold['id']}/release", body)
+            assert response.status_code in OK | REFUSED
+            if part is not None and part > hold["amount"]["amount"] and hold["status"] in ("active", "contested"):
+                assert response.json()["code"] == "exceeds_held_amount"
+
+        @precondition(lambda self: self.holds)
+        @rule(pick=st.integers(0), days=st.integers(1, 300))
+        def extend(self, pick: int, days: int) -> None:
+            hold_id = self.holds[pick % len(self.holds)]
+            body = {"expires_at": (api.clock.now() + timedelta(days=days)).isoformat(), "reason": "prop"}
+            assert self.call("ip_staff", "POST", f"/v1/holds/{hold_id}/extend", body).status_code in OK | REFUSED
+
+        @precondition(lambda self: self.holds)
+        @rule(pick=st.integers(0))
+        def contest(self, pick: int) -> None:
+            hold_id = self.holds[pick % len(self.holds)]
+            assert (
+                self.call("checkout", "POST", f"/v1/holds/{hold_id}/contest", {"statement": "genuine"}).status_code
+                in OK | REFUSED
+            )
+
+        @rule(days=st.integers(1, 40))
+        def time_passes(self, days: int) -> None:
+            api.clock.advance(timedelta(days=days))
+            expire_due(api.parts.engine, api.clock.now())
+
+        @precondition(lambda self: self.orders)
+        @rule(pick=st.integers(0))
+        def confirm(self, pick: int) -> None:
+            order_id = self.orders[pick % len(self.orders)]
+            assert self.call("checkout", "POST", f"/v1/orders/{order_id}/confirm").status_code in OK | REFUSED
+
+        @precondition(lambda self: self.orders)
+        @rule(pick=st.integers(0), part=st.one_of(st.none(), st.integers(1, 10**9)))
+        def refund(self, pick: int, part: int | None) -> None:
+            order = self.call("checkout", "GET", f"/v1/orders/{self.orders[pick % len(self.orders)]}").json()
+            body: dict[str, Any] = {"reason": "prop"}
+            if part is not None:
+                body["amount"] = {"amount": part, "currency": order["currency"]}
+            response = self.call("checkout", "POST", f"/v1/orders/{order['order_id']}/refund", body)
+            assert response.status_code in OK | REFUSED
+            if response.status_code == 200:
+                assert response.json()["balances"]["refunded"] <= order["amount"]["amount"]
+
+        @rule(seller=st.sampled_from(SELLERS), freeze=st.booleans())
+        def freeze_or_unfreeze(self, seller: str, freeze: bool) -> None:
+            role, action = ("ip_staff", "freeze") if freeze else ("cp_supervisor", "unfreeze")
+            assert (
+                self.call(role, "POST", f"/v1/sellers/{seller}/{action}", {"reason": "prop"}).status_code
+                in OK | REFUSED
+            )
+
+        @invariant()
+        def money_is_conserved(self) -> None:
+            assert_conserved(api)
+
+    CheckoutMachine.TestCase.settings = settings(
+        max_examples=12 if api.db.kind == "sqlite" else 8,
+        stateful_step_count=30,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    CheckoutMachine.TestCase().runTest()
+
+
+@pytest.mark.timeout(900)
+def test_random_checkout_traffic_conserves_money(api: Api) -> None:
+    """Orders, holds, releases, extensions, expiries, confirmations, refunds, freezes: nothing created or lost."""
+    run_checkout_machine(api)
