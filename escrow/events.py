@@ -48,9 +48,13 @@ def publish(engine: Engine) -> int:
         head = conn.execute(
             select(sequence_heads.c.position).where(sequence_heads.c.name == "events").with_for_update()
         ).scalar_one()
-        seqs = conn.execute(
-            select(events.c.seq).where(events.c.position.is_(None)).order_by(events.c.seq).limit(PUBLISH_BATCH_MAX)
-        ).scalars().all()
+        seqs = (
+            conn.execute(
+                select(events.c.seq).where(events.c.position.is_(None)).order_by(events.c.seq).limit(PUBLISH_BATCH_MAX)
+            )
+            .scalars()
+            .all()
+        )
         position = int(head)
         for seq in seqs:
             position += 1

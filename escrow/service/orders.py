@@ -22,7 +22,7 @@ from escrow.domain.orders import Parts, default_hold_deadline, hold_cap, order_s
 from escrow.errors import ExceedsEscrowedAmount, IllegalTransition, NotFound, OrderConflict
 from escrow.ids import new_id
 from escrow.ledger import Entry, Ledger, Posting, transfer
-from escrow.ledger.chart import IN_TRANSIT_REFUNDS, clearing, order_escrow, order_held, seller_account
+from escrow.ledger.chart import clearing, order_escrow, order_held, seller_account
 from escrow.money import Money
 from escrow.persistence.tables import holds, orders, sellers
 from escrow.service.screening import Screening
@@ -345,52 +345,3 @@ def confirm_order(conn: Connection, actor: Actor, now: datetime, order_id: str) 
         now=now,
     )
     return get_order(conn, order_id)
-
-
-def refund_order(
-    conn: Connection, actor: Actor, now: datetime, order_id: str, amount: Money | None, reason: str
-) -> dict[str, Any]:
-    """Ordinary refund of unheld escrow before confirmation; the money leaves via in_transit:refunds.
-
-    Raises NotFound, IllegalTransition (confirmed), ExceedsEscrowedAmount (held money is
-    not refundable here: release the hold first, or use an advance refund).
-    """
-    o = lock_order(conn, order_id)
-    if o.confirmed_at is not None:
-        raise IllegalTransition(f"order {order_id} is confirmed; an ordinary refund is only possible before")
-    if amount is not None and amount.currency != o.currency:
-        raise IllegalTransition(f"order {order_id} is in {o.currency}, not {amount.currency}")
-    value = o.escrowed if amount is None else amount.amount_minor
-    if value == 0:
-        raise ExceedsEscrowedAmount(f"order {order_id} has no unheld escrow to refund")
-    if value > o.escrowed:
-        raise ExceedsEscrowedAmount(
-            f"refund of {value} exceeds the {o.escrowed} {o.currency} of unheld escrow on order {order_id}"
-        )
-    money = Money(value, o.currency)
-    refund_id = new_id("ref")
-    Ledger(conn).post(
-        transfer("order_refunded", order_escrow(order_id), IN_TRANSIT_REFUNDS, money, memo=refund_id),
-        now=now,
-        request_id=actor.request_id,
-    )
-    p = parts_of(o)
-    save_parts(conn, o, Parts(p.escrowed - value, p.held, p.frozen, p.released, p.refunded + value))
-    audit.record(
-        conn,
-        actor,
-        "order.refunded",
-        order_id,
-        now=now,
-        reason=reason,
-        data={"refund_id": refund_id, "amount": money.to_wire()},
-    )
-    events.emit(
-        conn,
-        "order.refunded",
-        {"order_id": order_id, "refund_id": refund_id, "amount": money.to_wire(), "method": o.payment_method},
-        now=now,
-    )
-    view = get_order(conn, order_id)
-    view["refund"] = {"id": refund_id, "amount": money.to_wire(), "status": "submitted"}
-    return view

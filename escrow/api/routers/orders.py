@@ -17,7 +17,8 @@ from escrow.audit import Actor
 from escrow.auth import Principal, Role
 from escrow.errors import EscrowError
 from escrow.limits import BATCH_ORDERS_MAX
-from escrow.service.orders import NewOrder, confirm_order, get_order, record_order, refund_order
+from escrow.service.orders import NewOrder, confirm_order, get_order, record_order
+from escrow.service.refunds import refund_order
 from escrow.service.screening import Screening
 
 router = APIRouter(prefix="/v1", tags=["orders"])
