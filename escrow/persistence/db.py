@@ -37,7 +37,7 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def _json(value: Any) -> str:
+def dumps_json(value: Any) -> str:
     """JSON columns: RFC 3339 UTC timestamps, the same bytes on both databases."""
     return orjson.dumps(value, option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC).decode()
 
@@ -53,7 +53,7 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             pool_size=pool_size,
             max_overflow=pool_size,
-            json_serializer=_json,
+            json_serializer=dumps_json,
         )
         _configure_sqlite(engine)
         return engine
@@ -62,7 +62,7 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
-        json_serializer=_json,
+        json_serializer=dumps_json,
         # Plain READ COMMITTED: guards are row-locking conditional UPDATEs, not snapshots.
         isolation_level="READ COMMITTED",
     )

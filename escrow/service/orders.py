@@ -19,11 +19,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from escrow import audit, events
 from escrow.audit import Actor
 from escrow.domain.orders import Parts, default_hold_deadline, hold_cap, order_status
-from escrow.errors import ExceedsEscrowedAmount, IllegalTransition, NotFound, OrderConflict
+from escrow.errors import ExceedsEscrowedAmount, IllegalTransition, InsufficientFunds, NotFound, OrderConflict
 from escrow.ids import new_id
 from escrow.ledger import Entry, Ledger, Posting, transfer
 from escrow.ledger.chart import clearing, order_escrow, order_held, seller_account
+from escrow.ledger.store import posting_statement
 from escrow.money import Money
+from escrow.persistence.db import dumps_json
 from escrow.persistence.tables import holds, orders, sellers
 from escrow.service.screening import Screening
 from escrow.settings import Policies
@@ -157,6 +159,8 @@ def record_order(
 
     Raises OrderConflict when the order id exists with different details.
     """
+    if conn.dialect.name == "postgresql":
+        return _record_order_one_statement(conn, actor, now, order, screening, policies)
     amount = order.amount.amount_minor
     inserted = conn.execute(
         _insert(conn, orders)
@@ -211,21 +215,110 @@ def record_order(
         now=now,
     )
     if screening.decision != "pass":
-        review = screening.decision == "review"
-        policy = policies.for_jurisdiction(order.jurisdiction)
-        o = lock_order(conn, order.order_id)
-        place_hold_locked(
-            conn,
-            actor,
-            now,
-            o,
-            amount=amount,
-            reason="screening: suspected finding, held for review" if review else "screening: confirmed finding",
-            finding_ids=list(screening.review_finding_ids if review else screening.hold_finding_ids),
-            expires_at=default_hold_deadline(now, policy, review=review),
-            cap=hold_cap(now, policy),
-        )
+        _hold_on_intake(conn, actor, now, order, screening, policies)
     return 201, get_order(conn, order.order_id)
+
+
+_ORDER_COLUMNS = (
+    "order_id", "buyer_id", "seller_id", "listing_id", "title", "currency", "amount", "payment_method",
+    "payment_reference", "jurisdiction", "status", "escrowed", "held", "frozen", "released", "refunded",
+    "screening", "request_hash", "created_at",
+)  # fmt: skip
+
+
+def _record_order_one_statement(
+    conn: Connection, actor: Actor, now: datetime, order: NewOrder, screening: Screening, policies: Policies
+) -> tuple[int, dict[str, Any]]:
+    """PostgreSQL intake in one round trip: order, ledger entry, audit record and event in one WITH.
+
+    Every member after the order insert selects FROM it, so when the order id already
+    exists (ON CONFLICT DO NOTHING returns no row) nothing else is written either, and the
+    caller falls back to comparing the stored request.
+    """
+    amount = order.amount.amount_minor
+    entry_id = new_id("ent")
+    posting = posting_statement(
+        transfer("order_paid", clearing(order.payment_method), order_escrow(order.order_id), order.amount),
+        entry_id=entry_id,
+        now=now,
+        request_id=actor.request_id,
+        driver="new_order",
+        prefix="post",
+    )
+    audit_data = {"amount": order.amount.to_wire(), "seller_id": order.seller_id, "decision": screening.decision}
+    event_data = {"order_id": order.order_id, "seller_id": order.seller_id, **screening.to_wire()}
+    sql = (
+        "WITH new_order AS (INSERT INTO orders (" + ", ".join(_ORDER_COLUMNS) + ") VALUES ("
+        + ", ".join(["%s"] * (len(_ORDER_COLUMNS) - 3)) + ", %s::json, %s, %s)"
+        " ON CONFLICT (order_id) DO NOTHING RETURNING order_id), "
+        + ", ".join(posting.ctes)
+        + ", audit AS (INSERT INTO audit_records"
+        " (occurred_at, actor, role, action, object_id, reason, request_id, data)"
+        " SELECT %s, %s, %s, 'order.recorded', %s, NULL, %s, %s::json FROM new_order)"
+        ", event AS (INSERT INTO events (type, created_at, data)"
+        " SELECT 'order.screened', %s, %s::json FROM new_order)"
+        f" SELECT (SELECT count(*) FROM new_order), (SELECT count(*) FROM {posting.balances_cte})"
+    )  # fmt: skip
+    params = (
+        order.order_id, order.buyer_id, order.seller_id, order.listing_id, order.title, order.amount.currency,
+        amount, order.payment_method, order.payment_reference, order.jurisdiction, "escrowed", amount, 0, 0, 0, 0,
+        dumps_json(screening.to_wire()), order.request_hash, now,
+        *posting.params,
+        now, actor.principal_id, actor.role, order.order_id, actor.request_id, dumps_json(audit_data),
+        now, dumps_json(event_data),
+    )  # fmt: skip
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.execute(sql, params)
+        inserted, moved = cur.fetchone() or (0, 0)
+    finally:
+        cur.close()
+    if not inserted:
+        existing = conn.execute(select(orders).where(orders.c.order_id == order.order_id)).one()
+        if existing.request_hash != order.request_hash:
+            raise OrderConflict(f"order {order.order_id} was already recorded with different details")
+        return 200, order_view(conn, existing)
+    if moved != posting.balance_rows:  # pragma: no cover  # an inflow credits only; nothing can refuse it
+        raise InsufficientFunds(f"order {order.order_id}: a balance row refused the payment")
+    if screening.decision != "pass":
+        _hold_on_intake(conn, actor, now, order, screening, policies)
+        return 201, get_order(conn, order.order_id)
+    return 201, {
+        "order_id": order.order_id,
+        "buyer_id": order.buyer_id,
+        "seller_id": order.seller_id,
+        "listing_id": order.listing_id,
+        "title": order.title,
+        "currency": order.amount.currency,
+        "amount": order.amount.to_wire(),
+        "payment": {"method": order.payment_method, "reference": order.payment_reference},
+        "status": "escrowed",
+        "jurisdiction": order.jurisdiction,
+        "balances": {"escrowed": amount, "held": 0, "released": 0, "refunded": 0, "frozen": 0},
+        "screening": screening.to_wire(),
+        "holds": [],
+        "created_at": now,
+        "confirmed_at": None,
+    }
+
+
+def _hold_on_intake(
+    conn: Connection, actor: Actor, now: datetime, order: NewOrder, screening: Screening, policies: Policies
+) -> None:
+    review = screening.decision == "review"
+    policy = policies.for_jurisdiction(order.jurisdiction)
+    o = lock_order(conn, order.order_id)
+    place_hold_locked(
+        conn,
+        actor,
+        now,
+        o,
+        amount=order.amount.amount_minor,
+        reason="screening: suspected finding, held for review" if review else "screening: confirmed finding",
+        finding_ids=list(screening.review_finding_ids if review else screening.hold_finding_ids),
+        expires_at=default_hold_deadline(now, policy, review=review),
+        cap=hold_cap(now, policy),
+    )
 
 
 # --- holds on an order (placing is here because intake places holds too) -------------------
