@@ -9,6 +9,7 @@ SQLite's BEGIN IMMEDIATE serializes writers instead.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,11 +20,19 @@ from sqlalchemy.dialects import postgresql, sqlite
 from escrow import audit, events
 from escrow.audit import Actor
 from escrow.domain.orders import Parts, default_hold_deadline, hold_cap, order_status
-from escrow.errors import ExceedsEscrowedAmount, IllegalTransition, InsufficientFunds, NotFound, OrderConflict
+from escrow.errors import (
+    EscrowError,
+    ExceedsEscrowedAmount,
+    IllegalTransition,
+    InsufficientFunds,
+    NotFound,
+    OrderConflict,
+)
 from escrow.ids import new_id
 from escrow.ledger import Entry, Ledger, Posting, transfer
 from escrow.ledger.chart import clearing, order_escrow, order_held, seller_account
 from escrow.ledger.store import posting_statement
+from escrow.limits import HOT_ACCOUNT_SHARDS
 from escrow.money import Money
 from escrow.persistence.db import dumps_json
 from escrow.persistence.tables import holds, orders, sellers
@@ -283,7 +292,13 @@ def _record_order_one_statement(
     if screening.decision != "pass":
         _hold_on_intake(conn, actor, now, order, screening, policies)
         return 201, get_order(conn, order.order_id)
-    return 201, {
+    return 201, _new_order_view(order, screening, now)
+
+
+def _new_order_view(order: NewOrder, screening: Screening, now: datetime) -> dict[str, Any]:
+    """The view of an order just recorded with nothing held, from the values written."""
+    amount = order.amount.amount_minor
+    return {
         "order_id": order.order_id,
         "buyer_id": order.buyer_id,
         "seller_id": order.seller_id,
@@ -300,6 +315,102 @@ def _record_order_one_statement(
         "created_at": now,
         "confirmed_at": None,
     }
+
+
+BULK_SQL = (
+    "WITH v AS (SELECT * FROM unnest("
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[],"
+    " %s::text[], %s::json[], %s::text[], %s::text[], %s::text[], %s::text[], %s::json[], %s::json[])"
+    " WITH ORDINALITY AS v(order_id, buyer_id, seller_id, listing_id, title, currency, amount, payment_method,"
+    " payment_reference, jurisdiction, screening, request_hash, entry_id, clearing_account, escrow_account,"
+    " audit_data, event_data, ord)),"
+    " new_orders AS (INSERT INTO orders (" + ", ".join(_ORDER_COLUMNS) + ")"
+    " SELECT order_id, buyer_id, seller_id, listing_id, title, currency, amount, payment_method, payment_reference,"
+    " jurisdiction, 'escrowed', amount, 0, 0, 0, 0, screening, request_hash, %s FROM v ORDER BY ord"
+    " ON CONFLICT (order_id) DO NOTHING RETURNING order_id),"
+    " ins AS (SELECT v.* FROM v JOIN new_orders USING (order_id)),"
+    " entries AS (INSERT INTO journal_entries (id, kind, created_at, reverses_id, request_id, memo)"
+    " SELECT entry_id, 'order_paid', %s, NULL, %s, NULL FROM ins),"
+    " legs AS (INSERT INTO postings (entry_id, account, currency, amount, created_at)"
+    " SELECT entry_id, clearing_account, currency, -amount, %s FROM ins"
+    " UNION ALL SELECT entry_id, escrow_account, currency, amount, %s FROM ins),"
+    # One upsert row per balance row: the clearing legs of the whole batch are summed onto
+    # one shard, in the same sorted lock order as every other posting.
+    " moved AS (INSERT INTO ledger_balances (account, currency, shard, balance, non_negative)"
+    " SELECT account, currency, shard, SUM(delta), bool_and(guard) FROM ("
+    "  SELECT clearing_account AS account, currency, %s::smallint AS shard, -amount AS delta, false AS guard FROM ins"
+    "  UNION ALL SELECT escrow_account, currency, 0::smallint, amount, true FROM ins) AS m"
+    " GROUP BY account, currency, shard ORDER BY account, currency, shard"
+    " ON CONFLICT (account, currency, shard) DO UPDATE SET balance = ledger_balances.balance + excluded.balance"
+    " WHERE NOT ledger_balances.non_negative OR ledger_balances.balance + excluded.balance >= 0"
+    " RETURNING 1),"
+    " audit AS (INSERT INTO audit_records (occurred_at, actor, role, action, object_id, reason, request_id, data)"
+    " SELECT %s, %s, %s, 'order.recorded', order_id, NULL, %s, audit_data FROM ins ORDER BY ord),"
+    " feed AS (INSERT INTO events (type, created_at, data)"
+    " SELECT 'order.screened', %s, event_data FROM ins ORDER BY ord)"
+    " SELECT order_id, (SELECT count(*) FROM moved) FROM new_orders"
+)
+
+
+def record_orders_bulk(
+    conn: Connection,
+    actor: Actor,
+    now: datetime,
+    items: list[tuple[NewOrder, Screening]],
+    policies: Policies,
+) -> list[tuple[int, dict[str, Any]] | EscrowError]:
+    """A batch of orders on PostgreSQL in one statement; results in the order of `items`.
+
+    New orders are written together (order rows, one entry with two postings each, the
+    balance rows, audit records, events); holds that screening asks for, replays of
+    existing orders and conflicts are then handled one by one. An order id that occurs
+    twice in one batch is recorded once and the repeat answered like any replay. The
+    caller runs this inside a savepoint and falls back to `record_order` per order if the
+    statement fails as a whole.
+    """
+    first: dict[str, int] = {}
+    for index, (order, _) in enumerate(items):
+        first.setdefault(order.order_id, index)
+    fresh = [(order, screening) for index, (order, screening) in enumerate(items) if first[order.order_id] == index]
+    columns: list[list[Any]] = [[] for _ in range(17)]
+    for order, screening in fresh:
+        amount = order.amount.amount_minor
+        values = (
+            order.order_id, order.buyer_id, order.seller_id, order.listing_id, order.title, order.amount.currency,
+            amount, order.payment_method, order.payment_reference, order.jurisdiction,
+            dumps_json(screening.to_wire()), order.request_hash, new_id("ent"),
+            clearing(order.payment_method), order_escrow(order.order_id),
+            dumps_json(
+                {"amount": order.amount.to_wire(), "seller_id": order.seller_id, "decision": screening.decision}
+            ),
+            dumps_json({"order_id": order.order_id, "seller_id": order.seller_id, **screening.to_wire()}),
+        )  # fmt: skip
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    shard = random.randrange(HOT_ACCOUNT_SHARDS)  # noqa: S311  # spreads concurrent batches, not crypto
+    params = (*columns, now, now, actor.request_id, now, now, shard,
+              now, actor.principal_id, actor.role, actor.request_id, now)  # fmt: skip
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.execute(BULK_SQL, params)
+        inserted = {row[0] for row in cur.fetchall()}
+    finally:
+        cur.close()
+    results: list[tuple[int, dict[str, Any]] | EscrowError] = []
+    for index, (order, screening) in enumerate(items):
+        if order.order_id in inserted and first[order.order_id] == index:
+            if screening.decision == "pass":
+                results.append((201, _new_order_view(order, screening, now)))
+                continue
+            _hold_on_intake(conn, actor, now, order, screening, policies)
+            results.append((201, get_order(conn, order.order_id)))
+            continue
+        existing = conn.execute(select(orders).where(orders.c.order_id == order.order_id)).one()
+        if existing.request_hash != order.request_hash:
+            results.append(OrderConflict(f"order {order.order_id} was already recorded with different details"))
+        else:
+            results.append((200, order_view(conn, existing)))
+    return results
 
 
 def _hold_on_intake(

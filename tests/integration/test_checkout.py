@@ -117,6 +117,42 @@ class TestIntake:
         assert s.api.db.count("orders") == 3
         assert_conserved(s.api)
 
+    def test_batch_with_repeats_and_held_orders(self, s: Session) -> None:
+        """An id twice in one batch is recorded once; orders that screening holds get their hold."""
+        finding = {"kind": "keyword", "brand": "Zorblaxx", "patterns": ["zorblaxx"], "status": "confirmed"}
+        assert s.call("ip_staff", "POST", "/v1/findings", finding).status_code == 201
+        s.api.parts.screener.refresh_now()  # type: ignore[attr-defined]
+        batch = [an_order(1), an_order(2, title="Zorblaxx replica bag"), an_order(1), an_order(3)]
+        results = s.call("checkout", "POST", "/v1/orders:batch", {"orders": batch}).json()["data"]
+        assert [r["status"] for r in results] == [201, 201, 200, 201]
+        held = results[1]["order"]
+        assert held["status"] == "held" and held["screening"]["decision"] == "hold"
+        assert held["balances"]["held"] == 10_000 and len(held["holds"]) == 1
+        assert results[2]["order"]["order_id"] == "o-1"
+        assert s.api.db.count("orders") == 3 and s.api.db.count("holds") == 1
+        feed = s.call("checkout", "GET", "/v1/events?type=order.screened").json()["data"]
+        assert [e["data"]["order_id"] for e in feed] == ["o-1", "o-2", "o-3"]
+        assert_conserved(s.api)
+
+    def test_screening_holds_single_orders(self, s: Session) -> None:
+        """A title matching a confirmed finding is held in full; a suspected one is held for review."""
+        for status, brand in (("confirmed", "Zorblaxx"), ("suspected", "Quintaro")):
+            body = {"kind": "keyword", "brand": brand, "patterns": [brand.lower()], "status": status}
+            assert s.call("ip_staff", "POST", "/v1/findings", body).status_code == 201
+        s.api.parts.screener.refresh_now()  # type: ignore[attr-defined]
+        held = s.order(1, title="Z0RBLAXX bag 1:1")
+        review = s.order(2, title="Quintaro watch")
+        clean = s.order(3, title="Plain leather wallet")
+        assert held["screening"]["decision"] == "hold" and held["status"] == "held"
+        match = held["screening"]["matches"][0]
+        assert match["matched"] == "Z0RBLAXX" and "Z0RBLAXX bag 1:1"[match["start"] : match["end"]] == match["matched"]
+        assert held["holds"][0]["finding_ids"] == [match["finding_id"]]
+        assert review["screening"]["decision"] == "review"
+        review_deadline = review["holds"][0]["expires_at"]
+        assert review_deadline < held["holds"][0]["expires_at"]  # 3-day review hold versus 90-day hold
+        assert clean["screening"]["decision"] == "pass" and clean["holds"] == []
+        assert_conserved(s.api)
+
     def test_batch_is_bounded(self, s: Session) -> None:
         response = s.call("checkout", "POST", "/v1/orders:batch", {"orders": [an_order(i) for i in range(1001)]})
         assert_problem(response, 422, "validation_failed")

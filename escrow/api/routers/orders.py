@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import APIRouter, Depends
 from pydantic import Field, StrictStr, ValidationError
 from sqlalchemy import Connection
@@ -17,11 +18,12 @@ from escrow.audit import Actor
 from escrow.auth import Principal, Role
 from escrow.errors import EscrowError
 from escrow.limits import BATCH_ORDERS_MAX
-from escrow.service.orders import NewOrder, confirm_order, get_order, record_order
+from escrow.service.orders import NewOrder, confirm_order, get_order, record_order, record_orders_bulk
 from escrow.service.refunds import refund_order
 from escrow.service.screening import Screening
 
 router = APIRouter(prefix="/v1", tags=["orders"])
+log = structlog.get_logger(__name__)
 STAFF = (Role.CP_AGENT, Role.CP_SUPERVISOR, Role.IP_STAFF, Role.FINANCE, Role.LEGAL, Role.ADMIN)
 
 
@@ -108,26 +110,46 @@ def create_orders(
         prepared.append((index, order, _screen(op.parts, order)))
     policies = op.parts.settings.policies
 
-    def work(conn: Connection, actor: Actor, now: Any) -> tuple[int, dict[str, Any]]:
-        results: list[dict[str, Any]] = []
-        for item in prepared:
-            if isinstance(item, dict):
-                results.append(item)
-                continue
-            index, order, screening = item
-            savepoint = conn.begin_nested()  # each order atomic on its own
-            try:
-                status, view = record_order(conn, actor, now, _new_order(order), screening, policies)
-            except EscrowError as exc:
-                savepoint.rollback()
-                problem = from_error(exc, actor.request_id)
-                results.append(
-                    {"index": index, "order_id": order.order_id, "status": problem["status"], "problem": problem}
-                )
-                continue
+    def answer(index: int, order_id: str, outcome: tuple[int, dict[str, Any]] | EscrowError) -> dict[str, Any]:
+        if isinstance(outcome, EscrowError):
+            problem = from_error(outcome, request_id)
+            return {"index": index, "order_id": order_id, "status": problem["status"], "problem": problem}
+        return {"index": index, "order_id": order_id, "status": outcome[0], "order": outcome[1]}
+
+    def one_by_one(conn: Connection, actor: Actor, now: Any, item: tuple[int, OrderIn, Screening]) -> dict[str, Any]:
+        index, order, screening = item
+        savepoint = conn.begin_nested()  # each order atomic on its own
+        try:
+            outcome: tuple[int, dict[str, Any]] | EscrowError = record_order(
+                conn, actor, now, _new_order(order), screening, policies
+            )
+        except EscrowError as exc:
+            savepoint.rollback()
+            outcome = exc
+        else:
             savepoint.commit()
-            results.append({"index": index, "order_id": order.order_id, "status": status, "order": view})
-        return 200, {"data": results}
+        return answer(index, order.order_id, outcome)
+
+    def work(conn: Connection, actor: Actor, now: Any) -> tuple[int, dict[str, Any]]:
+        valid = [item for item in prepared if not isinstance(item, dict)]
+        answered: dict[int, dict[str, Any]] = {item["index"]: item for item in prepared if isinstance(item, dict)}
+        if valid and conn.dialect.name == "postgresql":
+            savepoint = conn.begin_nested()
+            try:
+                outcomes = record_orders_bulk(
+                    conn, actor, now, [(_new_order(order), screening) for _, order, screening in valid], policies
+                )
+            except Exception:  # one bad order must not sink the batch: go one by one
+                savepoint.rollback()
+                log.warning("batch_fell_back_to_single_orders", orders=len(valid))
+            else:
+                savepoint.commit()
+                for (index, order, _), outcome in zip(valid, outcomes, strict=True):
+                    answered[index] = answer(index, order.order_id, outcome)
+                valid = []
+        for item in valid:
+            answered[item[0]] = one_by_one(conn, actor, now, item)
+        return 200, {"data": [answered[i] for i in sorted(answered)]}
 
     return op.run(body, work)
 

@@ -1,0 +1,305 @@
+"""Checkout throughput over real HTTP, against the database's own limit for the same work.
+
+Starts `escrow serve` (uvicorn) on a fresh database and drives it with wrk (Debian package
+`wrk`; a Lua script makes every order id unique):
+
+  orders      POST /v1/orders, every order passing screening (the one-statement intake)
+  mixed       POST /v1/orders with 20% of titles matching a confirmed finding (so a hold is
+              placed), and every hold released again as soon as its id comes back
+  batch       POST /v1/orders:batch with 1,000 orders a call, from 4 Python clients
+  direct SQL  the exact statement the intake sends (captured from the service code),
+              issued through psycopg by the same number of clients: the database's limit
+
+Latency at 80% of the maximum: wrk is a closed loop, so the rate is lowered by lowering
+the number of connections; the run whose rate is nearest to (and not above) 80% of the
+maximum is reported.
+
+    .venv/bin/python bench/checkout.py [--pg URL] [--sqlite] [--workers 2] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from escrow.audit import Actor  # noqa: E402
+from escrow.idempotency import fingerprint  # noqa: E402
+from escrow.money import Money  # noqa: E402
+from escrow.service import orders as order_service  # noqa: E402
+from escrow.service.orders import NewOrder  # noqa: E402
+from escrow.service.screening import Screening  # noqa: E402
+from escrow.settings import load_settings  # noqa: E402
+
+BRAND = "Zorblaxx"
+LUA = r"""
+counter = 0
+queue = {}
+threads_made = 0
+function setup(thread)
+  threads_made = threads_made + 1
+  thread:set("tid", RUN .. "t" .. threads_made)
+end
+function title(n)
+  if MATCH > 0 and n % 5 == 0 then return "Zorblaxx replica handbag " .. n end
+  return "Leather wallet brown with card slots " .. n
+end
+request = function()
+  if #queue > 0 then
+    local id = table.remove(queue)
+    return wrk.format("POST", "/v1/holds/" .. id .. "/release", HEADERS, '{"reason":"bench release"}')
+  end
+  counter = counter + 1
+  local oid = tid .. "-" .. counter
+  local body = '{"order_id":"o-' .. oid .. '","buyer_id":"b-1","seller_id":"s-' .. (counter % 500) ..
+    '","listing_id":"l-' .. oid .. '","title":"' .. title(counter) .. '","amount":{"amount":' ..
+    (1000 + counter % 9000) .. ',"currency":"EUR"},"payment":{"method":"card","reference":"p-' .. oid ..
+    '"},"jurisdiction":"EU"}'
+  return wrk.format("POST", "/v1/orders", HEADERS, body)
+end
+response = function(status, headers, body)
+  if status ~= 200 and status ~= 201 then errors_seen = (errors_seen or 0) + 1 end
+  if MATCH > 0 then
+    local id = string.match(body, '"holds":%[{"id":"(hld_[0-9a-z]+)"')
+    if id then table.insert(queue, id) end
+  end
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(cmd: list[str], env: dict[str, str]) -> str:
+    return subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout  # noqa: S603  # our own CLI
+
+
+class Server:
+    def __init__(self, url: str, workers: int) -> None:
+        self.env = {**os.environ, "ESCROW_DATABASE_URL": url, "ESCROW_LOG_LEVEL": "warning"}
+        escrow = str(ROOT / ".venv" / "bin" / "escrow")
+        run([escrow, "migrate"], self.env)
+        self.checkout = run([escrow, "keys", "create", "--role", "checkout", "--name", "bench"], self.env).split()[2]
+        self.staff = run([escrow, "keys", "create", "--role", "ip_staff", "--name", "bench"], self.env).split()[2]
+        self.port = free_port()
+        self.proc = subprocess.Popen(  # noqa: S603  # our own console script
+            [escrow, "serve", "--port", str(self.port), "--workers", str(workers)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+        for _ in range(100):
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        finding = {"kind": "keyword", "brand": BRAND, "patterns": [BRAND], "status": "confirmed"}
+        r = httpx.post(f"{self.base}/v1/findings", json=finding, headers={"Authorization": f"Bearer {self.staff}"})
+        r.raise_for_status()
+        time.sleep(1.0)  # every worker's matcher picks the finding up within a second
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=20)
+
+
+def wrk(server: Server, *, connections: int, seconds: int, match: bool) -> dict[str, float]:
+    script = Path(tempfile.mkdtemp()) / "checkout.lua"
+    headers = '{["Content-Type"]="application/json", ["Authorization"]="Bearer ' + server.checkout + '"}'
+    run_tag = f"r{random.randrange(10**9)}"  # order ids never repeat across runs
+    script.write_text(f'MATCH = {1 if match else 0}\nRUN = "{run_tag}"\nHEADERS = {headers}\n' + LUA)
+    out = subprocess.run(  # noqa: S603
+        ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), server.base],  # noqa: S607
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out)
+        if not m:
+            return float("nan")
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rate": rate, "p50": ms("50%"), "p99": ms("99%"), "errors": float(non2xx.group(1)) if non2xx else 0.0}
+
+
+def batch_rate(server: Server, *, clients: int = 4, calls: int = 5) -> float:
+    headers = {"Authorization": f"Bearer {server.checkout}"}
+    total = [0]
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        with httpx.Client(base_url=server.base, headers=headers, timeout=120) as http:
+            for k in range(calls):
+                orders = [
+                    {"order_id": f"b-{c}-{k}-{i}", "buyer_id": "b", "seller_id": f"s-{i % 500}", "listing_id": f"l-{i}",
+                     "title": "Leather wallet brown", "amount": {"amount": 1000 + i, "currency": "EUR"},
+                     "payment": {"method": "card", "reference": f"p-{c}-{k}-{i}"}, "jurisdiction": "EU"}
+                    for i in range(1000)
+                ]  # fmt: skip
+                r = http.post("/v1/orders:batch", json={"orders": orders})
+                r.raise_for_status()
+                ok = sum(1 for x in r.json()["data"] if x["status"] == 201)
+                with lock:
+                    total[0] += ok
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return total[0] / (time.perf_counter() - started)
+
+
+class _Recorder:
+    """Stands in for a DB-API cursor to capture the statement the intake sends."""
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, tuple[Any, ...]]] = []
+
+    def cursor(self) -> _Recorder:
+        return self
+
+    def execute(self, sql: str, params: tuple[Any, ...]) -> None:
+        self.statements.append((sql, params))
+
+    def fetchone(self) -> tuple[int, int]:
+        return (1, 2)
+
+    def close(self) -> None:
+        return None
+
+
+def intake_statements(n: int) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements `record_order` sends for `n` passing orders, captured from the service itself."""
+    recorder = _Recorder()
+
+    class Conn:
+        class dialect:  # mimics SQLAlchemy's attribute
+            name = "postgresql"
+
+        class connection:
+            dbapi_connection = recorder
+
+    policies = load_settings(database_url="sqlite://").policies
+    actor = Actor("key_bench", "checkout", request_id="req_bench")
+    tag = random.randrange(10**9)
+    for i in range(n):
+        order = NewOrder(f"d-{tag}-{i}", "b", f"s-{i % 500}", f"l-{i}", "Leather wallet", Money(1000 + i, "EUR"),
+                         "card", f"p-{i}", "EU", fingerprint("POST", "/v1/orders", {"i": i}))  # fmt: skip
+        order_service.record_order(Conn(), actor, datetime.now(UTC), order, Screening("pass"), policies)  # type: ignore[arg-type]
+    return recorder.statements
+
+
+def direct_sql(url: str, *, clients: int, seconds: float) -> float:
+    statements = intake_statements(60_000)
+    cursor_at = [0]
+    lock = threading.Lock()
+    done = [0]
+    stop = time.perf_counter() + seconds
+
+    def client() -> None:
+        with psycopg.connect(url) as conn:
+            while time.perf_counter() < stop:
+                with lock:
+                    i = cursor_at[0]
+                    cursor_at[0] += 1
+                if i >= len(statements):
+                    return
+                sql, params = statements[i]
+                conn.execute(sql, params)
+                conn.commit()
+                with lock:
+                    done[0] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return done[0] / (time.perf_counter() - started)
+
+
+def new_pg_database(admin_url: str) -> str:
+    name = f"escrow_bench_{random.randrange(10**6)}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--sqlite", action="store_true", help="also run against a SQLite file")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench/checkout.py needs wrk (apt-get install wrk)")
+
+    targets = [("PostgreSQL", new_pg_database(args.pg))]
+    if args.sqlite:
+        targets.append(("SQLite", f"sqlite:///{tempfile.mkdtemp()}/bench.db"))
+    for label, url in targets:
+        server = Server(url, args.workers)
+        try:
+            top = wrk(server, connections=args.connections, seconds=args.seconds, match=False)
+            mixed = wrk(server, connections=args.connections, seconds=args.seconds, match=True)
+            steps = [wrk(server, connections=c, seconds=args.seconds, match=False) for c in (1, 2, 4, 8)]
+            at80 = max((s for s in steps if s["rate"] <= 0.8 * top["rate"]), key=lambda s: s["rate"], default=steps[0])
+            batch = batch_rate(server)
+        finally:
+            server.stop()
+        direct = (
+            direct_sql(url, clients=args.connections, seconds=args.seconds) if url.startswith("postgresql") else None
+        )
+        print(f"\n{label}: {args.workers} API workers, {args.connections} connections, {args.seconds}s runs")
+        for name, r in (("POST /v1/orders (all pass)", top), ("orders 20% held + releases", mixed)):
+            print(
+                f"  {name:<32}{r['rate']:8.0f} req/s   p50 {r['p50']:6.2f} ms   p99 {r['p99']:6.2f} ms"
+                f"   non-2xx {r['errors']:.0f}"
+            )
+        share = at80["rate"] / top["rate"]
+        print(
+            f"  at ~80% of max: {at80['rate']:.0f} req/s ({share:.0%})"
+            f"   p50 {at80['p50']:.2f} ms   p99 {at80['p99']:.2f} ms"
+        )
+        print(f"  {'POST /v1/orders:batch':<32}{batch:8.0f} orders/s")
+        if direct is not None:
+            print(f"  {'same statement, direct SQL':<32}{direct:8.0f} tx/s")
+            print(f"  {'ratio API / direct SQL':<32}{top['rate'] / direct:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
