@@ -105,8 +105,21 @@ class Authenticator:
         self._cache: dict[str, tuple[float, str, Principal]] = {}
         self._lock = threading.Lock()
 
-    def authenticate(self, authorization: str | None) -> Principal:
-        """Raises Unauthenticated for a missing, malformed, unknown or revoked key."""
+    def cached(self, authorization: str | None) -> Principal | None:
+        """The principal if this key was verified within the TTL; None means ask `authenticate`.
+
+        No I/O, so the async request path can try it without a hop to the thread pool.
+        Raises Unauthenticated for malformed headers and for a cached key with a wrong secret.
+        """
+        key_id, digest = self._parse(authorization)
+        cached = self._cache.get(key_id)
+        if cached is None or time.monotonic() - cached[0] >= self._ttl_s:
+            return None
+        if hmac.compare_digest(cached[1], digest):
+            return cached[2]
+        raise Unauthenticated("invalid API key")
+
+    def _parse(self, authorization: str | None) -> tuple[str, str]:
         if not authorization:
             raise Unauthenticated("missing Authorization: Bearer <api key>")
         scheme, _, token = authorization.partition(" ")
@@ -116,14 +129,15 @@ class Authenticator:
         parts = token[len(KEY_PREFIX) :].split("_", 2)
         if len(parts) != 3 or parts[0] != "key" or len(parts[1]) != 16 or not parts[2]:
             raise Unauthenticated("malformed API key")
-        key_id, secret = f"key_{parts[1]}", parts[2]
-        digest = _digest(self._pepper, secret)
+        return f"key_{parts[1]}", _digest(self._pepper, parts[2])
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """Raises Unauthenticated for a missing, malformed, unknown or revoked key."""
+        hit = self.cached(authorization)
+        if hit is not None:
+            return hit
+        key_id, digest = self._parse(authorization)
         now = time.monotonic()
-        cached = self._cache.get(key_id)
-        if cached is not None and now - cached[0] < self._ttl_s:
-            if hmac.compare_digest(cached[1], digest):
-                return cached[2]
-            raise Unauthenticated("invalid API key")
         with self._engine.connect() as conn:
             row = conn.execute(
                 select(api_keys.c.name, api_keys.c.role, api_keys.c.party_id, api_keys.c.digest).where(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import rfc8785
+import orjson
 from sqlalchemy import Connection, Engine, and_, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -50,8 +50,15 @@ def validate_key(key: str) -> str:
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
-    """A hash of what the request asks for; JSON key order and whitespace do not matter."""
-    return hashlib.sha256(rfc8785.dumps({"method": method, "path": path, "body": body})).hexdigest()
+    """A hash of what the request asks for; JSON key order and whitespace do not matter.
+
+    Bodies here are parsed, validated JSON without floats (money is integer minor units),
+    so sorted-key orjson is canonical for them and ~20x cheaper than RFC 8785, which this
+    sits in the path of every order. The audit chain, which a court may recompute, keeps
+    RFC 8785.
+    """
+    canonical = orjson.dumps({"method": method, "path": path, "body": body}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def _insert(dialect: str) -> Any:

@@ -70,7 +70,9 @@ async def authenticated(request: Request) -> Principal:
     """
     auth = components(request).authenticator
     header = request.headers.get("authorization")
-    principal = await run_in_threadpool(auth.authenticate, header)
+    principal = auth.cached(header)
+    if principal is None:
+        principal = await run_in_threadpool(auth.authenticate, header)
     request.scope["state"]["principal"] = principal.key_id
     structlog.contextvars.bind_contextvars(principal=principal.key_id, role=principal.role.value)
     return principal
