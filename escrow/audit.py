@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import rfc8785
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from escrow.limits import AUDIT_SEAL_BATCH_MAX, REASON_CHARS_MAX
 from escrow.persistence.tables import audit_chain_head, audit_records
@@ -100,16 +100,20 @@ def seal(engine: Engine, batch: int = AUDIT_SEAL_BATCH_MAX) -> int:
             select(audit_records).where(audit_records.c.chain_pos.is_(None)).order_by(audit_records.c.seq).limit(batch)
         ).all()
         pos, prev = int(head.chain_pos), str(head.hash)
+        sealed = []
         for row in rows:
             pos += 1
             digest = _digest(pos, prev, row)
+            sealed.append({"b_seq": row.seq, "b_pos": pos, "b_prev": prev, "b_hash": digest})
+            prev = digest
+        if sealed:
+            # One executemany (pipelined by the driver), not a round trip per record.
             conn.execute(
                 update(audit_records)
-                .where(audit_records.c.seq == row.seq)
-                .values(chain_pos=pos, prev_hash=prev, hash=digest)
+                .where(audit_records.c.seq == bindparam("b_seq"))
+                .values(chain_pos=bindparam("b_pos"), prev_hash=bindparam("b_prev"), hash=bindparam("b_hash")),
+                sealed,
             )
-            prev = digest
-        if rows:
             conn.execute(update(audit_chain_head).where(audit_chain_head.c.id == 1).values(chain_pos=pos, hash=prev))
     return len(rows)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from escrow.errors import InvalidCursor
 from escrow.persistence.tables import events, sequence_heads
@@ -56,10 +56,12 @@ def publish(engine: Engine) -> int:
             .all()
         )
         position = int(head)
-        for seq in seqs:
-            position += 1
-            conn.execute(update(events).where(events.c.seq == seq).values(position=position))
         if seqs:
+            conn.execute(
+                update(events).where(events.c.seq == bindparam("b_seq")).values(position=bindparam("b_position")),
+                [{"b_seq": seq, "b_position": position + i} for i, seq in enumerate(seqs, start=1)],
+            )
+            position += len(seqs)
             conn.execute(update(sequence_heads).where(sequence_heads.c.name == "events").values(position=position))
     return len(seqs)
 
