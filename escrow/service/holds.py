@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, or_, select, update
 from escrow import audit, events
 from escrow.audit import SYSTEM, Actor
 from escrow.domain.orders import Parts, check_extension, check_hold_deadline, default_hold_deadline, hold_cap
-from escrow.errors import ExceedsHeldAmount, IllegalTransition, InvalidInput, NotFound
+from escrow.errors import ExceedsEscrowedAmount, ExceedsHeldAmount, IllegalTransition, InvalidInput, NotFound
 from escrow.ledger import Ledger, transfer
 from escrow.ledger.chart import order_escrow, order_held, seller_account
 from escrow.limits import EXPIRE_BATCH_MAX
@@ -92,7 +92,7 @@ def place_hold(
     )
     value = o.escrowed if amount is None else amount.amount_minor
     if value == 0 and o.confirmed_at is None:
-        raise ExceedsHeldAmount(f"order {order_id} has nothing left in escrow to hold")
+        raise ExceedsEscrowedAmount(f"order {order_id} has nothing left in escrow to hold")
     row = place_hold_locked(
         conn, actor, now, o, amount=value, reason=reason, finding_ids=finding_ids, expires_at=deadline,
         cap=hold_cap(now, policy),
