@@ -17,11 +17,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `make run` also starts the bank/card simulator on $(SIM_PORT) and an outbox worker, all
+# stopped when the server stops; the service reaches the simulator by configuration only.
+# A development webhook secret is generated once into var/ (as is the account key).
+SIM_PORT ?= 8100
+
 run: install
 	$(BIN)/escrow migrate
+	@test -s var/webhook-secret || $(BIN)/python -c 'import base64, secrets; print("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())' > var/webhook-secret
 	@echo "Demo API keys (shown once; only their digests are stored):"
 	@$(BIN)/escrow keys demo
-	@echo "Serving on http://$(HOST):$(PORT)  (OpenAPI docs at /docs)"
+	@echo "Simulator on http://$(HOST):$(SIM_PORT); serving on http://$(HOST):$(PORT)  (OpenAPI docs at /docs)"
+	@secret=$$(cat var/webhook-secret); \
+	export ESCROW_BANK_URL=http://$(HOST):$(SIM_PORT) ESCROW_CARD_URL=http://$(HOST):$(SIM_PORT) \
+	       ESCROW_WEBHOOK_SECRETS_BANK=$$secret ESCROW_WEBHOOK_SECRETS_CARD=$$secret; \
+	$(BIN)/python -m simulators --host $(HOST) --port $(SIM_PORT) \
+	    --webhook-url http://$(HOST):$(PORT)/v1/webhooks --webhook-secret $$secret & sim=$$!; \
+	$(BIN)/escrow worker & worker=$$!; \
+	trap 'kill $$sim $$worker 2>/dev/null; wait $$sim $$worker 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/escrow serve --host $(HOST) --port $(PORT)
 
 test: install
@@ -33,3 +46,4 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/payouts.py

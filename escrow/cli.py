@@ -63,21 +63,32 @@ def worker(
     once: Annotated[bool, typer.Option(help="Run one round and exit.")] = False,
     interval_ms: Annotated[int, typer.Option(min=50, max=60_000)] = 500,
 ) -> None:
-    """Background jobs: end holds at their deadlines, publish events, seal the audit chain, expire keys."""
+    """Background jobs: deliver the outbox, sweep payouts, end holds at their deadlines, publish
+    events, seal the audit chain, expire keys. Any number of workers may run at once."""
+    from escrow import worker as outbox_worker
+    from escrow.bootstrap import rails as build_rails
     from escrow.logs import configure
+    from escrow.service.payouts import sweep
 
     settings = _settings()
     configure(settings.log_level, settings.log_format)
     engine = make_engine(settings.database_url, pool_size=2)
     clock = SystemClock()
+    rails = build_rails(settings)
+    policy = outbox_worker.Policy.of(settings)
+    typer.echo("worker started", err=True)
     while True:
         expire_due(engine, clock.now())
+        if settings.payout_sweep:
+            sweep(engine, clock.now())
+        delivered = outbox_worker.deliver_due(engine, rails, clock, policy)
         events.publish(engine)
         audit.seal_all(engine)
         idempotency.purge_expired(engine, clock.now())
         if once:
             return
-        time.sleep(interval_ms / 1000)
+        if delivered < policy.batch:  # a full batch means more are due: go on at once
+            time.sleep(interval_ms / 1000)
 
 
 def _new_key(settings: Settings, role: str, party: str | None, name: str) -> tuple[str, str]:

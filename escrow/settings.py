@@ -100,6 +100,29 @@ class Settings(BaseSettings):
     db_pool_size: Annotated[int, Field(ge=1, le=200)] = 20
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    # --- payment rails, outbox and payouts ------------------------------------------------
+    # Base URLs of the bank (ISO 20022) and card acquirer HTTP APIs; unset, that rail is not
+    # configured and the outbox keeps its instructions pending (they are delivered once set).
+    bank_url: str | None = None
+    card_url: str | None = None
+    rail_timeout_ms: Annotated[int, Field(ge=100, le=120_000)] = 10_000
+    # The platform's own account that payouts and bank refunds are paid from.
+    bank_debtor_iban: str = "DE89370400440532013000"
+    bank_debtor_name: Annotated[str, Field(min_length=1, max_length=140)] = "Marketplace Escrow"
+    bank_debtor_bic: str | None = "COBADEFFXXX"
+    # Standard Webhooks secrets (`whsec_...`), comma-separated, newest first (rotation).
+    webhook_secrets_bank: SecretStr | None = None
+    webhook_secrets_card: SecretStr | None = None
+    # Fernet keys encrypting payout account numbers, comma-separated, newest first (rotation).
+    # Unset: a development key is generated once into var/account-keys.
+    account_keys: SecretStr | None = None
+    outbox_attempts_max: Annotated[int, Field(ge=1, le=100)] = 12
+    outbox_backoff_base_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 1_000
+    outbox_backoff_cap_ms: Annotated[int, Field(ge=1, le=86_400_000)] = 600_000
+    outbox_lease_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 120_000
+    outbox_poll_ms: Annotated[int, Field(ge=10, le=86_400_000)] = 60_000
+    outbox_batch: Annotated[int, Field(ge=1, le=1_000)] = 50
+    payout_sweep: bool = True
 
     @field_validator("database_url")
     @classmethod

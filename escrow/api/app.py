@@ -28,8 +28,11 @@ from escrow.api.routers import findings as finding_routes
 from escrow.api.routers import holds as hold_routes
 from escrow.api.routers import ledger as ledger_routes
 from escrow.api.routers import orders as order_routes
+from escrow.api.routers import parties as party_routes
+from escrow.api.routers import payouts as payout_routes
 from escrow.api.routers import sellers as seller_routes
 from escrow.api.routers import system as system_routes
+from escrow.api.routers import webhooks as webhook_routes
 from escrow.errors import EscrowError
 
 log = structlog.get_logger(__name__)
@@ -122,4 +125,7 @@ def create_app(parts: Components) -> FastAPI:
     for module in (system_routes, ledger_routes, audit_routes, seller_routes, order_routes, hold_routes, event_routes):
         app.include_router(module.router)
     app.include_router(finding_routes.router)
+    app.include_router(payout_routes.router)
+    app.include_router(party_routes.router)
+    app.include_router(webhook_routes.router)
     return app

@@ -27,6 +27,7 @@ from escrow.errors import (
     Unauthenticated,
     UnbalancedEntry,
 )
+from escrow.ports import InstructionConflict, RailError, RailUnavailable, WebhookRejected
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -42,6 +43,10 @@ STATUS_BY_ERROR: tuple[tuple[type[EscrowError], int], ...] = (
     (InvalidCursor, 400),
     (InvalidInput, 422),
     (Unauthenticated, 401),
+    (WebhookRejected, 401),
+    (RailUnavailable, 503),
+    (InstructionConflict, 409),
+    (RailError, 502),
     (Forbidden, 403),
     (NotFound, 404),
     (EscrowError, 400),

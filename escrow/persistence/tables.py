@@ -336,3 +336,101 @@ finding_revision = Table(
     Column("revision", BigInteger(), nullable=False),
     CheckConstraint("id = 1", name="singleton"),
 )
+
+
+# --- outbox, payouts, webhooks ---
+
+OUTBOX_RAILS = ("bank", "card")
+OUTBOX_KINDS = ("payout", "refund")
+# pending: due for delivery (or a resend after an unknown outcome); sent: the rail took it and
+# its outcome is awaited (webhook, or a status poll when next_attempt_at comes); done: the
+# outcome is recorded; dead: attempts exhausted or refused as malformed, a human must look.
+OUTBOX_STATES = ("pending", "sent", "done", "dead")
+PAYOUT_STATUSES = ("pending", "submitted", "paid", "failed", "returned")
+ORDER_REFUND_STATUSES = ("submitted", "succeeded", "failed", "returned")
+
+# One external instruction, written in the same transaction as the ledger entry that puts its
+# money in transit. `key` is what the rail deduplicates on (EndToEndId, refund id), stable
+# across every retry. A claim is a lease (`lease_token` until `leased_until`): a worker killed
+# mid-delivery leaves a lease that simply runs out, and the next worker asks the rail by key.
+outbox_instructions = Table(
+    "outbox_instructions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("rail", String(8), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("key", String(140), nullable=False, unique=True),
+    Column("object_id", String(40), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger(), nullable=False),
+    Column("destination", JSON(), nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("attempts", Integer(), nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("lease_token", String(40), nullable=True),
+    Column("leased_until", UTCDateTime(), nullable=True),
+    Column("rail_state", String(16), nullable=True),
+    Column("last_error", Text(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint(f"amount > 0 AND amount <= {AMOUNT_BOUND}", name="amount"),
+    CheckConstraint("attempts >= 0", name="attempts"),
+    CheckConstraint("rail IN (" + ", ".join(f"'{r}'" for r in OUTBOX_RAILS) + ")", name="rail"),
+    CheckConstraint("kind IN (" + ", ".join(f"'{k}'" for k in OUTBOX_KINDS) + ")", name="kind"),
+    CheckConstraint("state IN (" + ", ".join(f"'{s}'" for s in OUTBOX_STATES) + ")", name="state"),
+    Index(None, "state", "next_attempt_at"),
+    Index(None, "object_id"),
+)
+
+payouts = Table(
+    "payouts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("party_id", String(200), nullable=False),
+    Column("seller_id", String(120), nullable=True),  # set when the money came from a seller
+    Column("source_account", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("end_to_end_id", String(35), nullable=False, unique=True),
+    Column("booked", Boolean(), nullable=False),
+    Column("iban_masked", String(40), nullable=False),
+    Column("failure_reason", Text(), nullable=True),
+    Column("retry_of", String(40), nullable=True, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint(f"amount > 0 AND amount <= {AMOUNT_BOUND}", name="amount"),
+    CheckConstraint("status IN (" + ", ".join(f"'{s}'" for s in PAYOUT_STATUSES) + ")", name="status"),
+    Index(None, "party_id", "status"),
+    Index(None, "status"),
+)
+
+# Ordinary refunds (DESIGN §2 flow 5) as delivered through the outbox.
+order_refunds = Table(
+    "order_refunds",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("order_id", String(120), ForeignKey("orders.order_id"), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger(), nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("booked", Boolean(), nullable=False),
+    Column("failure_reason", Text(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint(f"amount > 0 AND amount <= {AMOUNT_BOUND}", name="amount"),
+    CheckConstraint("status IN (" + ", ".join(f"'{s}'" for s in ORDER_REFUND_STATUSES) + ")", name="status"),
+    Index(None, "order_id"),
+)
+
+# One row per processed callback: a repeated `webhook-id` finds its row and is ignored.
+webhook_receipts = Table(
+    "webhook_receipts",
+    metadata,
+    Column("adapter", String(8), nullable=False),
+    Column("webhook_id", String(255), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("events", Integer(), nullable=False),
+    PrimaryKeyConstraint("adapter", "webhook_id"),
+)

@@ -1,7 +1,17 @@
-"""Ordinary refunds before confirmation (DESIGN §2 flow 5).
+"""Ordinary refunds before confirmation (DESIGN §2 flow 5), delivered through the outbox.
 
 The money leaves escrow for `in_transit:refunds` in the same transaction as the order's
-update; the adapter delivers it to the buyer's original payment afterwards.
+update, the refund row and its outbox instruction; the worker delivers it afterwards:
+
+    card orders           a card refund to the original payment (key: the refund id)
+    bank_transfer orders  a credit transfer (EndToEndId: the refund id) to the payout account
+                          registered for the buyer's party id (`PUT /v1/parties/{buyer_id}/
+                          payout-account`); until one exists the instruction waits in the
+                          outbox with `last_error` saying so, and is sent once it does
+
+Outcomes: succeeded/booked → `in_transit:refunds` to `clearing:{method}`; failed/rejected →
+back to `order:{id}:escrow` (the buyer's money stays in escrow, refundable again); a bank
+return after booking → `clearing:bank` back to the order's escrow.
 """
 
 from __future__ import annotations
@@ -9,16 +19,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select, update
 
-from escrow import audit, events
-from escrow.audit import Actor
+from escrow import audit, events, outbox
+from escrow.audit import SYSTEM, Actor
 from escrow.domain.orders import Parts
-from escrow.errors import ExceedsEscrowedAmount, IllegalTransition
+from escrow.errors import ExceedsEscrowedAmount, IllegalTransition, NotFound
 from escrow.ids import new_id
 from escrow.ledger import Ledger, transfer
-from escrow.ledger.chart import IN_TRANSIT_REFUNDS, order_escrow
+from escrow.ledger.chart import IN_TRANSIT_REFUNDS, clearing, order_escrow
 from escrow.money import Money
+from escrow.outbox import Outcome
+from escrow.persistence.tables import order_refunds
 from escrow.service.orders import get_order, lock_order, parts_of, save_parts
 
 
@@ -51,6 +63,32 @@ def refund_order(
     )
     p = parts_of(o)
     save_parts(conn, o, Parts(p.escrowed - value, p.held, p.frozen, p.released, p.refunded + value))
+    conn.execute(
+        order_refunds.insert(),
+        {
+            "id": refund_id,
+            "order_id": order_id,
+            "currency": o.currency,
+            "amount": value,
+            "method": o.payment_method,
+            "status": "submitted",
+            "booked": False,
+            "failure_reason": None,
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+    card = o.payment_method == "card"
+    outbox.enqueue(
+        conn,
+        rail="card" if card else "bank",
+        kind="refund",
+        key=refund_id,
+        object_id=refund_id,
+        amount=money,
+        destination={"payment_reference": o.payment_reference} if card else {"party_id": o.buyer_id},
+        now=now,
+    )
     audit.record(
         conn,
         actor,
@@ -69,3 +107,64 @@ def refund_order(
     view = get_order(conn, order_id)
     view["refund"] = {"id": refund_id, "amount": money.to_wire(), "status": "submitted"}
     return view
+
+
+def lock_refund(conn: Connection, refund_id: str) -> tuple[Any, Any]:
+    """(order row, refund row) locked in the global order: order before refund."""
+    order_id = conn.execute(
+        select(order_refunds.c.order_id).where(order_refunds.c.id == refund_id)
+    ).scalar_one_or_none()
+    if order_id is None:
+        raise NotFound(f"refund {refund_id} not found")
+    o = lock_order(conn, order_id)
+    r = conn.execute(select(order_refunds).where(order_refunds.c.id == refund_id).with_for_update()).one()
+    return o, r
+
+
+def apply_outcome(conn: Connection, o: Any, r: Any, outcome: Outcome, now: datetime) -> bool:
+    """Apply a rail outcome to the locked refund `r` of order `o`; False when it changes nothing."""
+    if r.status in ("failed", "returned"):
+        return False
+    money = Money(int(r.amount), r.currency)
+    ledger = Ledger(conn)
+    rail_clearing = clearing(r.method)
+    kind = outcome.kind
+    if kind == "accepted":
+        return False
+    if kind in ("failed", "rejected"):
+        if r.status == "succeeded":
+            return False  # a late decline after a success (or a booking) changes nothing
+        ledger.post(transfer("order_refund_failed", IN_TRANSIT_REFUNDS, order_escrow(o.order_id), money), now=now)
+        _back_to_escrow(conn, o, int(r.amount))
+        _set(conn, r, now, status="failed", failure_reason=outcome.reason or kind)
+        _announce(conn, o, r, money, "refund.failed", now, outcome.reason)
+        return True
+    changed = False
+    if r.status == "submitted" and kind in ("succeeded", "booked", "returned"):
+        ledger.post(transfer("order_refund_succeeded", IN_TRANSIT_REFUNDS, rail_clearing, money), now=now)
+        _set(conn, r, now, status="succeeded", booked=True)
+        _announce(conn, o, r, money, "refund.succeeded", now, None)
+        changed = True
+    if kind == "returned":
+        ledger.post(transfer("order_refund_returned", rail_clearing, order_escrow(o.order_id), money), now=now)
+        _back_to_escrow(conn, o, int(r.amount))
+        _set(conn, r, now, status="returned", failure_reason=outcome.reason or "returned")
+        _announce(conn, o, r, money, "refund.returned", now, outcome.reason)
+        changed = True
+    return changed
+
+
+def _back_to_escrow(conn: Connection, o: Any, value: int) -> None:
+    fresh = lock_order(conn, o.order_id)
+    p = parts_of(fresh)
+    save_parts(conn, fresh, Parts(p.escrowed + value, p.held, p.frozen, p.released, p.refunded - value))
+
+
+def _set(conn: Connection, r: Any, now: datetime, **values: Any) -> None:
+    conn.execute(update(order_refunds).where(order_refunds.c.id == r.id).values(updated_at=now, **values))
+
+
+def _announce(conn: Connection, o: Any, r: Any, money: Money, action: str, now: datetime, reason: str | None) -> None:
+    data = {"refund_id": r.id, "order_id": o.order_id, "kind": "ordinary", "amount": money.to_wire(), "reason": reason}
+    audit.record(conn, SYSTEM, action, r.id, now=now, reason=reason, data=data)
+    events.emit(conn, action, data, now=now)
