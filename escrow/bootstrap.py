@@ -138,10 +138,8 @@ def components(
         ),
         screener=FindingsScreener(registry, clock),
         background=[registry.run],
+        rails=rails(settings),
     )
-    # Components (escrow/api/deps.py) has no field for the rails yet; attached here, read by
-    # escrow.api.routers.parties.rails_of.
-    parts.rails = rails(settings)  # type: ignore[attr-defined]
     return parts
 
 

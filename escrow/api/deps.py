@@ -26,6 +26,7 @@ from escrow.api.problems import from_error, problem_response
 from escrow.audit import Actor
 from escrow.auth import Authenticator, Principal, Role
 from escrow.errors import EscrowError, Forbidden, NotFound
+from escrow.outbox import Rails
 from escrow.persistence.db import transaction
 from escrow.ports import Clock
 from escrow.service.screening import PassScreener, Screener
@@ -55,6 +56,7 @@ class Components:
     clock: Clock
     authenticator: Authenticator
     screener: Screener = field(default_factory=PassScreener)
+    rails: Rails | None = None  # bank and card rails, their readers and the account cipher
     background: list[Callable[[threading.Event], None]] = field(default_factory=list)
 
 

@@ -29,9 +29,9 @@ class PayoutAccountIn(Strict):
 
 
 def rails_of(parts: Components) -> Rails:
-    """The rails bootstrap attached to the components (see escrow.bootstrap.attach_rails)."""
-    rails = getattr(parts, "rails", None)
-    if not isinstance(rails, Rails):  # pragma: no cover  # bootstrap always attaches them
+    """The rails bootstrap built into the components."""
+    rails = parts.rails
+    if rails is None:  # pragma: no cover  # bootstrap always builds them
         raise RuntimeError("components built without rails")
     return rails
 
