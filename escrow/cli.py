@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Annotated
 
+import structlog
 import typer
 
 from escrow import audit, events, idempotency
@@ -77,14 +78,23 @@ def worker(
     rails = build_rails(settings)
     policy = outbox_worker.Policy.of(settings)
     typer.echo("worker started", err=True)
+    log = structlog.get_logger("escrow.worker")
     while True:
-        expire_due(engine, clock.now())
-        if settings.payout_sweep:
-            sweep(engine, clock.now())
-        delivered = outbox_worker.deliver_due(engine, rails, clock, policy)
-        events.publish(engine)
-        audit.seal_all(engine)
-        idempotency.purge_expired(engine, clock.now())
+        delivered = 0
+        try:
+            expire_due(engine, clock.now())
+            if settings.payout_sweep:
+                sweep(engine, clock.now())
+            delivered = outbox_worker.deliver_due(engine, rails, clock, policy)
+            events.publish(engine)
+            audit.seal_all(engine)
+            idempotency.purge_expired(engine, clock.now())
+        except Exception:
+            # A failed round (database restarting, say) is logged and retried next interval:
+            # every job is idempotent and leaves nothing half done, so skipping one is safe.
+            if once:
+                raise
+            log.exception("worker_round_failed")
         if once:
             return
         if delivered < policy.batch:  # a full batch means more are due: go on at once
