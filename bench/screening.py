@@ -11,6 +11,14 @@ patterns (brand + line, brand + model code, coded phrases), and titles of 40-120
 characters from a listing vocabulary, some carrying a (sometimes disguised) pattern.
 
     .venv/bin/python bench/screening.py [--sizes 10000,100000,1000000] [--titles 100000]
+
+`--serve-workers SIZE` measures the served system instead: `escrow serve --workers 2` over a
+SQLite database holding SIZE patterns, the private and shared memory of each pre-forked
+worker (/proc/PID/smaps_rollup), and the time from a finding change made over HTTP to
+`POST /v1/screen` reflecting it (target < 1 s), first with the large base in place, then while
+both workers rebuild their base in the background (forced by an overlay over its bound).
+
+    .venv/bin/python bench/screening.py --serve-workers 1000000
 """
 
 from __future__ import annotations
@@ -324,13 +332,163 @@ def run_size(size: int, title_count: int, fork_check: bool) -> dict[str, object]
     return result
 
 
+def smaps(pid: int) -> dict[str, float]:
+    """Rss, Pss, shared and private memory of a process, in MiB."""
+    fields: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        if rest.strip().endswith("kB"):
+            fields[name] = int(rest.split()[0]) / 1024
+    shared = fields.get("Shared_Clean", 0.0) + fields.get("Shared_Dirty", 0.0)
+    private = fields.get("Private_Clean", 0.0) + fields.get("Private_Dirty", 0.0)
+    return {"rss": fields.get("Rss", 0.0), "pss": fields.get("Pss", 0.0), "shared": shared, "private": private}
+
+
+def insert_findings(url: str, rules: list[FindingRule], *, migrate_first: bool = False) -> None:
+    """Write `rules` as findings rows straight into the table, with one revision bump, as a bulk
+    import would (no audit records: a benchmark fixture)."""
+    from datetime import UTC, datetime
+
+    from escrow.persistence import migrate
+    from escrow.persistence.db import make_engine
+    from escrow.persistence.tables import findings
+    from escrow.service.findings import bump_revision
+
+    if migrate_first:
+        make_engine(url, pool_size=1).dispose()
+        migrate.upgrade(url)
+    engine = make_engine(url, pool_size=1)
+    now = datetime.now(UTC)
+    blank: dict[str, Any] = dict.fromkeys(
+        ("rights_holder_id", "jurisdiction", "severity", "evidence_url", "expires_at")
+    )
+    rows = [
+        {
+            **blank,
+            "id": r.finding_id,
+            "kind": r.kind,
+            "status": r.status,
+            "brand": r.brand,
+            "patterns": list(r.patterns),
+            "seller_ids": list(r.seller_ids),
+            "listing_ids": list(r.listing_ids),
+            "created_by": "bench",
+            "created_at": now,
+            "updated_at": now,
+        }
+        for r in rules
+    ]
+    with engine.begin() as conn:
+        for start in range(0, len(rows), 2_000):
+            conn.execute(findings.insert(), rows[start : start + 2_000])
+        bump_revision(conn)
+    engine.dispose()
+
+
+def serve_workers(size: int) -> None:
+    """The served system at `size` patterns: worker memory, and change-to-visible latency."""
+    import signal
+    import socket
+    import tempfile
+
+    import httpx
+
+    from escrow.screening.registry import OVERLAY_FINDINGS_MAX
+
+    rnd = random.Random(SEED + size)
+    rules, _ = make_rules(size, rnd)
+    titles = make_titles(2_000, [], rnd)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/escrow.db"
+        started = time.perf_counter()
+        insert_findings(url, rules, migrate_first=True)
+        print(f"seeded {len(rules):,} findings / {size:,} patterns in {time.perf_counter() - started:.1f} s")
+        del rules
+        env = {**os.environ, "ESCROW_DATABASE_URL": url, "ESCROW_LOG_LEVEL": "warning"}
+        escrow = [sys.executable, "-m", "escrow"]
+        made = subprocess.run([*escrow, "keys", "create", "--role", "ip_staff", "--name", "bench"],  # noqa: S603
+                              env=env, capture_output=True, text=True, check=True)  # fmt: skip
+        headers = {"Authorization": f"Bearer {made.stdout.split()[-1]}"}
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+        started = time.perf_counter()
+        server = subprocess.Popen([*escrow, "serve", "--port", str(port), "--workers", "2"], env=env)  # noqa: S603
+        try:
+            client = httpx.Client(base_url=base, timeout=30, headers=headers)
+            while True:
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            print(f"serve --workers 2 ready in {time.perf_counter() - started:.1f} s (one build, in the master)")
+            for title in titles:  # touch the matcher from both workers
+                client.post("/v1/screen", json={"title": title}, headers={"Connection": "close"})
+            workers = [int(p) for p in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
+            print(f"{'process':>10} {'RSS MB':>8} {'PSS MB':>8} {'shared':>8} {'private':>8}")
+            for label, pid in [("master", server.pid)] + [(f"worker {i}", p) for i, p in enumerate(workers, 1)]:
+                m = smaps(pid)
+                print(f"{label:>10} {m['rss']:>8.0f} {m['pss']:>8.0f} {m['shared']:>8.0f} {m['private']:>8.0f}")
+
+            def visible(change: Any, decision: str, title: str) -> float:
+                began = time.perf_counter()
+                change()
+                while True:
+                    got = client.post("/v1/screen", json={"title": title}, headers={"Connection": "close"})
+                    if got.json()["decision"] == decision:
+                        return time.perf_counter() - began
+                    time.sleep(0.01)
+
+            def lifecycle(brand: str) -> dict[str, float]:
+                body = {"kind": "keyword", "brand": brand, "patterns": [brand]}
+                ids: list[str] = []
+                title = f"new {brand} bag"
+                out = {"create": visible(lambda: ids.append(client.post("/v1/findings", json=body).json()["id"]),
+                                         "review", title)}  # fmt: skip
+                out["confirm"] = visible(lambda: client.post(f"/v1/findings/{ids[0]}/confirm", json={"reason": "b"}),
+                                         "hold", title)  # fmt: skip
+                out["dismiss"] = visible(lambda: client.post(f"/v1/findings/{ids[0]}/dismiss", json={"reason": "b"}),
+                                         "pass", title)  # fmt: skip
+                return {k: round(v * 1000) for k, v in out.items()}  # milliseconds
+
+            print("change -> visible on POST /v1/screen, ms (target < 1000):")
+            print(f"  large base, no rebuild: {lifecycle('zorblatt')}")
+            filler = [
+                FindingRule(f"fnd_fill{i:06d}", "listing", "Fill", "suspected", listing_ids=(f"l-{i}",))
+                for i in range(OVERLAY_FINDINGS_MAX + 1)
+            ]
+            insert_findings(url, filler)  # over the overlay's bound: each worker starts a base rebuild
+            time.sleep(0.5)
+            slowest = 0.0
+            during = lifecycle("quintrel")
+            for title in titles[:200]:
+                began = time.perf_counter()
+                client.post("/v1/screen", json={"title": title}, headers={"Connection": "close"})
+                slowest = max(slowest, time.perf_counter() - began)
+            print(f"  during both workers' base rebuild: {during}; slowest of 200 screens then {slowest * 1000:.0f} ms")
+            time.sleep(3 + 40 * size / 1_000_000)  # let the rebuilds land (two at once on two cores)
+            print("after the workers' own base rebuild (its pages are private now):")
+            for i, pid in enumerate(workers, 1):
+                m = smaps(pid)
+                print(f"  worker {i}: RSS {m['rss']:.0f} MB, shared {m['shared']:.0f}, private {m['private']:.0f}")
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--titles", type=int, default=100_000)
     parser.add_argument("--fork-check", action="store_true", help="measure fork sharing at the largest size")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one size, JSON out
+    parser.add_argument("--serve-workers", type=int, metavar="SIZE", help="measure escrow serve --workers 2 instead")
     args = parser.parse_args()
+    if args.serve_workers is not None:
+        serve_workers(args.serve_workers)
+        return
     if args.one is not None:
         print(json.dumps(run_size(args.one, args.titles, args.fork_check)))
         return

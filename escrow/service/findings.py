@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, Select, and_, func, insert, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from escrow import audit, events
@@ -35,7 +35,7 @@ from escrow.screening.limits import (
     PATTERNS_PER_FINDING_MAX,
 )
 from escrow.screening.matcher import FindingRule
-from escrow.screening.registry import ActiveFinding, MatcherRegistry
+from escrow.screening.registry import ActiveFinding, FindingState, MatcherRegistry
 from escrow.service.screening import Decision, Screening
 
 ACTIVE_STATUSES: Final = ("suspected", "confirmed")
@@ -320,7 +320,15 @@ def list_findings(
 
 
 class DatabaseFindingSource:
-    """The findings table as the registry's `FindingSource`."""
+    """The findings table as the registry's `FindingSource`.
+
+    `changed_since` filters on `updated_at`, which every change stamps in the transaction that
+    bumps `finding_revision`. There is no index on `updated_at` (a schema change): the query
+    scans the findings table, but reads only three narrow columns, and runs only when the
+    marker moved.
+    """
+
+    RULES_PER_QUERY = 500  # ids per IN list when fetching the rules of new findings
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -333,37 +341,55 @@ class DatabaseFindingSource:
         return int(value or 0)
 
     def active(self, now: datetime) -> list[ActiveFinding]:
-        query = (
-            select(
-                findings.c.id,
-                findings.c.kind,
-                findings.c.status,
-                findings.c.brand,
-                findings.c.patterns,
-                findings.c.seller_ids,
-                findings.c.listing_ids,
-                findings.c.expires_at,
-            )
-            .where(_status_filter("suspected", now) | _status_filter("confirmed", now))
-            .order_by(findings.c.id)
-        )
+        query = self._rule_query().where(_status_filter("suspected", now) | _status_filter("confirmed", now))
+        with self._engine.connect() as conn:
+            rows = conn.execute(query.order_by(findings.c.id)).all()
+        return [_active_finding(r) for r in rows]
+
+    def changed_since(self, since: datetime) -> list[FindingState]:
+        query = select(findings.c.id, findings.c.status, findings.c.expires_at).where(findings.c.updated_at >= since)
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [
-            ActiveFinding(
-                FindingRule(
-                    finding_id=r.id,
-                    kind=r.kind,
-                    brand=r.brand,
-                    status=r.status,
-                    patterns=tuple(r.patterns),
-                    seller_ids=tuple(r.seller_ids),
-                    listing_ids=tuple(r.listing_ids),
-                ),
-                r.expires_at,
-            )
-            for r in rows
-        ]
+        return [FindingState(r.id, r.status, r.expires_at) for r in rows]
+
+    def rules(self, finding_ids: Collection[str], now: datetime) -> list[ActiveFinding]:
+        ids = sorted(finding_ids)
+        live = _status_filter("suspected", now) | _status_filter("confirmed", now)
+        found: list[ActiveFinding] = []
+        with self._engine.connect() as conn:
+            for start in range(0, len(ids), self.RULES_PER_QUERY):
+                chunk = ids[start : start + self.RULES_PER_QUERY]
+                rows = conn.execute(self._rule_query().where(findings.c.id.in_(chunk), live)).all()
+                found.extend(_active_finding(r) for r in rows)
+        return found
+
+    @staticmethod
+    def _rule_query() -> Select[Any]:
+        return select(
+            findings.c.id,
+            findings.c.kind,
+            findings.c.status,
+            findings.c.brand,
+            findings.c.patterns,
+            findings.c.seller_ids,
+            findings.c.listing_ids,
+            findings.c.expires_at,
+        )
+
+
+def _active_finding(r: Row[Any]) -> ActiveFinding:
+    return ActiveFinding(
+        FindingRule(
+            finding_id=r.id,
+            kind=r.kind,
+            brand=r.brand,
+            status=r.status,
+            patterns=tuple(r.patterns),
+            seller_ids=tuple(r.seller_ids),
+            listing_ids=tuple(r.listing_ids),
+        ),
+        r.expires_at,
+    )
 
 
 class FindingsScreener:
@@ -398,5 +424,5 @@ class FindingsScreener:
         return Screening(decision, matches, hold_finding_ids=hold, review_finding_ids=review)
 
     def refresh_now(self, *, force: bool = False) -> bool:
-        """Rebuild the matcher in this thread if findings changed (tests; see MatcherRegistry)."""
+        """Apply finding changes in this thread now, instead of within a poll (tests; see MatcherRegistry)."""
         return self.registry.refresh_now(force=force)
