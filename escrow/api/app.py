@@ -30,6 +30,7 @@ from escrow.api.routers import ledger as ledger_routes
 from escrow.api.routers import orders as order_routes
 from escrow.api.routers import parties as party_routes
 from escrow.api.routers import payouts as payout_routes
+from escrow.api.routers import refunds as refund_routes
 from escrow.api.routers import sellers as seller_routes
 from escrow.api.routers import system as system_routes
 from escrow.api.routers import webhooks as webhook_routes
@@ -128,4 +129,5 @@ def create_app(parts: Components) -> FastAPI:
     app.include_router(payout_routes.router)
     app.include_router(party_routes.router)
     app.include_router(webhook_routes.router)
+    app.include_router(refund_routes.router)
     return app

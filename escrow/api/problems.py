@@ -28,12 +28,24 @@ from escrow.errors import (
     UnbalancedEntry,
 )
 from escrow.ports import InstructionConflict, RailError, RailUnavailable, WebhookRejected
+from escrow.service.advance_refunds import (
+    CurrencyMismatch,
+    ExceedsRefundableAmount,
+    FourEyesRequired,
+    GuaranteeFundInsufficient,
+)
+from escrow.service.deposits import ExceedsDeposit
 
 PROBLEM_JSON = "application/problem+json"
 
 # Most specific class first: the first match wins.
 STATUS_BY_ERROR: tuple[tuple[type[EscrowError], int], ...] = (
     (IdempotencyKeyReused, 422),
+    (FourEyesRequired, 403),
+    (GuaranteeFundInsufficient, 409),
+    (ExceedsRefundableAmount, 409),
+    (ExceedsDeposit, 409),
+    (CurrencyMismatch, 422),
     (IdempotencyKeyInUse, 409),
     (InsufficientFunds, 409),
     (IllegalTransition, 409),

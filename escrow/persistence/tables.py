@@ -434,3 +434,96 @@ webhook_receipts = Table(
     Column("events", Integer(), nullable=False),
     PrimaryKeyConstraint("adapter", "webhook_id"),
 )
+
+
+# --- refund-first ---
+
+# Advance refunds (DESIGN §2 flows 6, 7; §3): the platform's guarantee fund pays the buyer
+# and a receivable `seller:{id}:owed` opens for the same amount. `status` is the payment's
+# lifecycle, `recovery_status` the receivable's: `none` before any money left (pending or
+# rejected), `outstanding` → `recovered` | `written_off`, `cancelled` when the payment failed
+# (the receivable is reversed with it). `recovered` and `written_off` count the current
+# attempt only; a retry after a failure opens a new receivable and a new outbox key.
+ADVANCE_REFUND_STATUSES = ("pending_approval", "submitted", "succeeded", "failed", "rejected")
+RECOVERY_STATUSES = ("none", "outstanding", "recovered", "written_off", "cancelled")
+RECOVERY_SOURCES = ("order_held", "frozen", "payable", "deposit", "confiscation")
+
+advance_refunds = Table(
+    "advance_refunds",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("order_id", String(120), ForeignKey("orders.order_id"), nullable=False),
+    Column("seller_id", String(120), nullable=False),
+    Column("buyer_id", String(120), nullable=False),
+    Column("jurisdiction", String(8), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger(), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("approval_required", Boolean(), nullable=False),
+    Column("requested_by", String(64), nullable=False),
+    Column("decided_by", String(64), nullable=True),  # the approving or rejecting supervisor
+    Column("decision_reason", Text(), nullable=True),
+    Column("attempt", Integer(), nullable=False),  # 0 until submitted; +1 per submission
+    Column("rail", String(8), nullable=True),
+    Column("destination", JSON(), nullable=True),
+    Column("instruction_key", String(140), nullable=True),
+    Column("entry_id", String(40), nullable=True),  # the submission entry of the current attempt
+    Column("failure_reason", Text(), nullable=True),
+    Column("recovery_status", String(16), nullable=False),
+    Column("recovered", BigInteger(), nullable=False),
+    Column("written_off", BigInteger(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    CheckConstraint(f"amount > 0 AND amount <= {AMOUNT_BOUND}", name="amount"),
+    CheckConstraint("recovered >= 0 AND written_off >= 0 AND recovered + written_off <= amount", name="recovery"),
+    CheckConstraint("status IN (" + ", ".join(f"'{s}'" for s in ADVANCE_REFUND_STATUSES) + ")", name="status"),
+    CheckConstraint(
+        "recovery_status IN (" + ", ".join(f"'{s}'" for s in RECOVERY_STATUSES) + ")", name="recovery_status"
+    ),
+    CheckConstraint("attempt >= 0", name="attempt"),
+    Index(None, "order_id"),
+    Index(None, "seller_id", "recovery_status"),
+    Index(None, "status"),
+)
+
+# One row per recovery step: money of the seller that paid off part of a receivable.
+# `undone` is set when the advance refund failed and the step was given back to its source.
+advance_recoveries = Table(
+    "advance_recoveries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("refund_id", String(40), ForeignKey("advance_refunds.id"), nullable=False),
+    Column("position", Integer(), nullable=False),  # 1, 2, … per refund, in the order the steps were taken
+    Column("attempt", Integer(), nullable=False),
+    Column("seller_id", String(120), nullable=False),
+    Column("order_id", String(120), nullable=True),  # set for `order_held`
+    Column("source", String(16), nullable=False),
+    Column("source_account", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("amount", BigInteger(), nullable=False),
+    Column("entry_id", String(40), nullable=False),
+    Column("undone", Boolean(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    CheckConstraint(f"amount > 0 AND amount <= {AMOUNT_BOUND}", name="amount"),
+    CheckConstraint("source IN (" + ", ".join(f"'{s}'" for s in RECOVERY_SOURCES) + ")", name="source"),
+    Index(None, "refund_id", "position", unique=True),
+    Index(None, "order_id"),
+)
+
+# Strike points (DESIGN §3 Seller): each penalty is a strike and deducts points; the
+# points of a calendar year (UTC) start again at the policy's `points_per_year`.
+seller_penalties = Table(
+    "seller_penalties",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("seller_id", String(120), nullable=False),
+    Column("year", Integer(), nullable=False),
+    Column("points", Integer(), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("finding_id", String(40), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    CheckConstraint("points > 0 AND points <= 1000", name="points"),
+    Index(None, "seller_id", "year"),
+)

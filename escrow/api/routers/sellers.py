@@ -1,18 +1,19 @@
-"""Sellers: balances, freeze and unfreeze, deposits."""
+"""Sellers: balances and strike standing, freeze and unfreeze, deposits and confiscation, penalties."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from pydantic import Field, StrictStr
+from pydantic import Field, StrictInt, StrictStr
 from starlette.responses import Response
 
 from escrow.api.deps import Components, Operation, components, json_response, operation_for, require
 from escrow.api.schemas import ExternalId, MoneyIn, Reason, Strict
 from escrow.auth import Principal, Role
-from escrow.service.deposits import record_deposit
+from escrow.service.deposits import confiscate_deposit, record_deposit
 from escrow.service.sellers import freeze_seller, seller_view, unfreeze_seller
+from escrow.service.strikes import penalize, standing
 
 router = APIRouter(prefix="/v1/sellers", tags=["sellers"])
 
@@ -29,7 +30,8 @@ def create_deposit(
     body: DepositIn,
     op: Annotated[Operation, Depends(operation_for(Role.FINANCE, Role.IP_STAFF, Role.ADMIN))],
 ) -> Response:
-    """Record a deposit received from the seller (bank transfer into the platform)."""
+    """Record a deposit received from the seller; what the seller owes is recovered from it per policy."""
+    policies = op.parts.settings.policies
     return op.run(
         body,
         lambda conn, actor, now: (
@@ -42,9 +44,65 @@ def create_deposit(
                 amount=body.amount.money(),
                 reference=body.reference,
                 reason=body.reason,
+                policies=policies,
             ),
         ),
     )
+
+
+FindingId = Annotated[StrictStr, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class ConfiscateIn(Strict):
+    amount: MoneyIn | None = None
+    reason: Reason
+    finding_ids: Annotated[list[FindingId], Field(min_length=1, max_length=100)]
+
+
+@router.post("/{seller_id}/deposit/confiscate")
+def confiscate(
+    seller_id: ExternalId,
+    body: ConfiscateIn,
+    op: Annotated[Operation, Depends(operation_for(Role.FINANCE, Role.IP_STAFF, Role.ADMIN))],
+) -> Response:
+    """Confiscate part or all of the deposit: it pays what the seller owes, the rest goes to the guarantee fund."""
+    amount = body.amount.money() if body.amount else None
+    return op.run(
+        body,
+        lambda conn, actor, now: (
+            200,
+            confiscate_deposit(
+                conn, actor, now, seller_id=seller_id, amount=amount, reason=body.reason,
+                finding_ids=list(body.finding_ids),
+            ),
+        ),
+    )  # fmt: skip
+
+
+class PenaltyIn(Strict):
+    points: Annotated[StrictInt, Field(ge=1, le=1000)]
+    reason: Reason
+    finding_id: FindingId
+
+
+@router.post("/{seller_id}/penalties", status_code=201)
+def add_penalty(
+    seller_id: ExternalId,
+    body: PenaltyIn,
+    op: Annotated[Operation, Depends(operation_for(Role.IP_STAFF, Role.ADMIN))],
+) -> Response:
+    """A strike: deducts points; at zero points or the year's strike limit the seller is frozen."""
+    policies = op.parts.settings.policies
+    return op.run(
+        body,
+        lambda conn, actor, now: (
+            201,
+            penalize(
+                conn, actor, now, policies, seller_id=seller_id, points=body.points, reason=body.reason,
+                finding_id=body.finding_id,
+            ),
+        ),
+    )  # fmt: skip
 
 
 class FreezeIn(Strict):
@@ -60,9 +118,11 @@ def read_seller(
     _: Annotated[Principal, Depends(require(*STAFF))],
     parts: Annotated[Components, Depends(components)],
 ) -> Response:
-    """Balances per currency (escrowed, held, payable, frozen, deposit, owed) and freeze state."""
+    """Balances per currency (escrowed, held, payable, frozen, deposit, owed), freeze state, strike points."""
     with parts.engine.connect() as conn:
-        return json_response(200, seller_view(conn, seller_id))
+        view = seller_view(conn, seller_id)
+        view["points"] = standing(conn, seller_id, parts.clock.now(), parts.settings.policies)
+        return json_response(200, view)
 
 
 @router.post("/{seller_id}/freeze")
