@@ -122,12 +122,14 @@ def worker(
     once: Annotated[bool, typer.Option(help="Run one round and exit.")] = False,
     interval_ms: Annotated[int, typer.Option(min=50, max=60_000)] = 500,
 ) -> None:
-    """Background jobs: deliver the outbox, sweep payouts, end holds at their deadlines, publish
-    events, seal the audit chain, expire keys. Any number of workers may run at once."""
+    """Background jobs: end holds at their deadlines, recover advance refunds, sweep payouts,
+    deliver the outbox, publish events, seal the audit chain, expire keys. Any number of
+    workers may run at once."""
     from escrow import worker as outbox_worker
     from escrow.bootstrap import rails as build_rails
     from escrow.logs import configure
     from escrow.service.payouts import sweep
+    from escrow.service.recovery import recover_outstanding
 
     settings = _settings()
     configure(settings.log_level, settings.log_format)
@@ -141,6 +143,7 @@ def worker(
         delivered = 0
         try:
             expire_due(engine, clock.now())
+            recover_outstanding(engine, clock.now(), settings.policies)  # before payouts: the waterfall
             if settings.payout_sweep:
                 sweep(engine, clock.now())
             delivered = outbox_worker.deliver_due(engine, rails, clock, policy)

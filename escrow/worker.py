@@ -43,7 +43,7 @@ from escrow.ports import (
     RefundState,
     TransferState,
 )
-from escrow.service import payouts, refunds
+from escrow.service import advance_refunds, payouts, refunds
 from escrow.service.payout_accounts import destination_of
 from escrow.settings import Settings
 
@@ -124,6 +124,12 @@ def apply(
         if lease_token is not None and not outbox.still_ours(row, lease_token):
             return False
         changed = payouts.apply_outcome(conn, p, frozen, outcome, now)
+    elif advance_refunds.is_advance_refund(conn, head.object_id):
+        r, frozen = advance_refunds.lock_for_outcome(conn, head.object_id, now)
+        row = outbox.lock_by_key(conn, key)
+        if lease_token is not None and not outbox.still_ours(row, lease_token):
+            return False
+        changed = advance_refunds.apply_outcome(conn, r, frozen, outcome, now, key=key)
     else:
         o, r = refunds.lock_refund(conn, head.object_id)
         row = outbox.lock_by_key(conn, key)

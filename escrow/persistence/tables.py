@@ -325,6 +325,7 @@ findings = Table(
     ),
     Index(None, "status", "expires_at"),
     Index(None, "rights_holder_id"),
+    Index(None, "updated_at"),  # the screening overlay reads "changed since" on every change
 )
 
 # One row, bumped in the same transaction as every change to `findings`: each API process

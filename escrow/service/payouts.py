@@ -160,6 +160,8 @@ def _pay_out_seller(conn: Connection, seller_id: str, currency: str, now: dateti
         return None
     if _blocked(conn, seller_id, currency):
         return None
+    if Ledger(conn).balance(seller_account(seller_id, "owed"), currency) < 0:
+        return None  # the waterfall: advance refunds are recovered before the seller is paid
     source = seller_account(seller_id, "payable")
     balance = Ledger(conn).balance(source, currency)
     destination = destination_of(conn, seller_id)

@@ -31,6 +31,7 @@ from escrow.ledger.chart import IN_TRANSIT_REFUNDS, clearing, order_escrow
 from escrow.money import Money
 from escrow.outbox import Outcome
 from escrow.persistence.tables import order_refunds
+from escrow.service.advance_refunds import ExceedsRefundableAmount, refundable_amount
 from escrow.service.orders import get_order, lock_order, parts_of, save_parts
 
 
@@ -53,6 +54,13 @@ def refund_order(
     if value > o.escrowed:
         raise ExceedsEscrowedAmount(
             f"refund of {value} exceeds the {o.escrowed} {o.currency} of unheld escrow on order {order_id}"
+        )
+    # Advance refunds (pending approval included) count against what the buyer paid too.
+    refundable = refundable_amount(conn, o)
+    if value > refundable:
+        raise ExceedsRefundableAmount(
+            f"refund of {value} exceeds the {refundable} {o.currency} still refundable on order {order_id} "
+            "after advance refunds"
         )
     money = Money(value, o.currency)
     refund_id = new_id("ref")
