@@ -107,9 +107,12 @@ class LayerClient:
     def one(self, workload: str) -> Callable[[random.Random, int], None]:
         def post(rng: random.Random, _n: int) -> None:
             source, destination = accounts_for(workload, rng.randrange(ORDERS))
+            # Built (and validated) before the transaction opens, as the raw client prepares its
+            # rows before BEGIN: nothing but I/O should run while a write lock is held.
+            entry = transfer("hold", source, destination, Money(1, "EUR"))
             conn = self.conn()
             with conn.begin():
-                Ledger(conn).post(transfer("hold", source, destination, Money(1, "EUR")), now=NOW)
+                Ledger(conn).post(entry, now=NOW)
 
         return post
 
