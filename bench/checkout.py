@@ -133,7 +133,16 @@ def wrk(server: Server, *, connections: int, seconds: int, match: bool) -> dict[
     run_tag = f"r{random.randrange(10**9)}"  # order ids never repeat across runs
     script.write_text(f'MATCH = {1 if match else 0}\nRUN = "{run_tag}"\nHEADERS = {headers}\n' + LUA)
     out = subprocess.run(  # noqa: S603
-        ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), server.base],  # noqa: S607
+        [
+            "wrk",
+            f"-t{min(2, connections)}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            server.base,
+        ],  # noqa: S607
         check=True,
         capture_output=True,
         text=True,
@@ -153,6 +162,7 @@ def wrk(server: Server, *, connections: int, seconds: int, match: bool) -> dict[
 
 def batch_rate(server: Server, *, clients: int = 4, calls: int = 5) -> float:
     headers = {"Authorization": f"Bearer {server.checkout}"}
+    tag = random.randrange(10**9)  # order ids never repeat across runs (a repeat would be a replay)
     total = [0]
     lock = threading.Lock()
 
@@ -160,9 +170,9 @@ def batch_rate(server: Server, *, clients: int = 4, calls: int = 5) -> float:
         with httpx.Client(base_url=server.base, headers=headers, timeout=120) as http:
             for k in range(calls):
                 orders = [
-                    {"order_id": f"b-{c}-{k}-{i}", "buyer_id": "b", "seller_id": f"s-{i % 500}", "listing_id": f"l-{i}",
+                    {"order_id": f"b-{tag}-{c}-{k}-{i}", "buyer_id": "b", "seller_id": f"s-{i % 500}", "listing_id": f"l-{i}",
                      "title": "Leather wallet brown", "amount": {"amount": 1000 + i, "currency": "EUR"},
-                     "payment": {"method": "card", "reference": f"p-{c}-{k}-{i}"}, "jurisdiction": "EU"}
+                     "payment": {"method": "card", "reference": f"p-{tag}-{c}-{k}-{i}"}, "jurisdiction": "EU"}
                     for i in range(1000)
                 ]  # fmt: skip
                 r = http.post("/v1/orders:batch", json={"orders": orders})
