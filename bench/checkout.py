@@ -132,7 +132,7 @@ def wrk(server: Server, *, connections: int, seconds: int, match: bool) -> dict[
     headers = '{["Content-Type"]="application/json", ["Authorization"]="Bearer ' + server.checkout + '"}'
     run_tag = f"r{random.randrange(10**9)}"  # order ids never repeat across runs
     script.write_text(f'MATCH = {1 if match else 0}\nRUN = "{run_tag}"\nHEADERS = {headers}\n' + LUA)
-    out = subprocess.run(  # noqa: S603
+    out = subprocess.run(  # noqa: S603  # wrk from PATH, checked for in main()
         [
             "wrk",
             f"-t{min(2, connections)}",
@@ -142,7 +142,7 @@ def wrk(server: Server, *, connections: int, seconds: int, match: bool) -> dict[
             "-s",
             str(script),
             server.base,
-        ],  # noqa: S607
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -170,8 +170,9 @@ def batch_rate(server: Server, *, clients: int = 4, calls: int = 5) -> float:
         with httpx.Client(base_url=server.base, headers=headers, timeout=120) as http:
             for k in range(calls):
                 orders = [
-                    {"order_id": f"b-{tag}-{c}-{k}-{i}", "buyer_id": "b", "seller_id": f"s-{i % 500}", "listing_id": f"l-{i}",
-                     "title": "Leather wallet brown", "amount": {"amount": 1000 + i, "currency": "EUR"},
+                    {"order_id": f"b-{tag}-{c}-{k}-{i}", "buyer_id": "b", "seller_id": f"s-{i % 500}",
+                     "listing_id": f"l-{i}", "title": "Leather wallet brown",
+                     "amount": {"amount": 1000 + i, "currency": "EUR"},
                      "payment": {"method": "card", "reference": f"p-{tag}-{c}-{k}-{i}"}, "jurisdiction": "EU"}
                     for i in range(1000)
                 ]  # fmt: skip

@@ -230,9 +230,7 @@ def _card_router(simulator: Simulator) -> APIRouter:
         accept: Annotated[str | None, Header()] = None,
     ) -> Response:
         """Refunds and chargebacks settled on `date`; CSV with format=csv or Accept: text/csv."""
-        as_csv = report_format == "csv" or (
-            report_format is None and accept is not None and "text/csv" in accept
-        )
+        as_csv = report_format == "csv" or (report_format is None and accept is not None and "text/csv" in accept)
         return to_response(simulator.settlement_report(on, as_csv))
 
     return router
@@ -304,9 +302,7 @@ def _control_router(simulator: Simulator) -> APIRouter:
     @router.post("/bank/returns")
     def bank_return(body: ReturnRequest) -> Response:
         """The creditor bank returns a settled transfer now."""
-        return to_response(
-            simulator.return_transfer(body.end_to_end_id, body.reason_code, body.additional_info)
-        )
+        return to_response(simulator.return_transfer(body.end_to_end_id, body.reason_code, body.additional_info))
 
     @router.post("/card/chargebacks", status_code=201)
     def card_chargeback(body: ChargebackRequest) -> Response:

@@ -163,9 +163,7 @@ class TickReport:
     callbacks_failed: int
 
 
-def problem(
-    status: int, code: str, detail: str, *, errors: list[dict[str, str]] | None = None
-) -> Reply:
+def problem(status: int, code: str, detail: str, *, errors: list[dict[str, str]] | None = None) -> Reply:
     """An RFC 9457 problem reply with a stable `code`."""
     body: dict[str, Any] = {
         "type": f"urn:simulator:problem:{code}",
@@ -215,10 +213,7 @@ class RefundRequest(BaseModel):
 
 
 def _validation_errors(exc: ValidationError) -> list[dict[str, str]]:
-    return [
-        {"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]}
-        for err in exc.errors()
-    ]
+    return [{"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]} for err in exc.errors()]
 
 
 class Simulator:
@@ -279,9 +274,7 @@ class Simulator:
             if rule.fault == "error_5xx":
                 return problem(rule.status_code, "simulated_fault", "injected server error")
             if rule.fault == "timeout":
-                self.config.sleep(
-                    rule.delay_s if rule.delay_s is not None else self.config.timeout_s
-                )
+                self.config.sleep(rule.delay_s if rule.delay_s is not None else self.config.timeout_s)
                 return problem(504, "simulated_timeout", "injected timeout; nothing was executed")
             self.config.sleep(rule.delay_s if rule.delay_s is not None else self.config.slow_s)
         reply, magic = execute()
@@ -349,16 +342,12 @@ class Simulator:
         except WireError as exc:
             return problem(400, exc.code, str(exc))
         keys = tuple(tx.end_to_end_id for tx in message.transactions)
-        return self._with_faults(
-            "bank.credit_transfer", keys, lambda: self._execute_pain001(message)
-        )
+        return self._with_faults("bank.credit_transfer", keys, lambda: self._execute_pain001(message))
 
     def _execute_pain001(self, message: Pain001) -> tuple[Reply, Magic | None]:
         with self._lock:
             now = self.clock.now()
-            prints = {
-                tx.end_to_end_id: self._transfer_fingerprint(tx) for tx in message.transactions
-            }
+            prints = {tx.end_to_end_id: self._transfer_fingerprint(tx) for tx in message.transactions}
             for tx in message.transactions:
                 existing = self._state.transfers.get(tx.end_to_end_id)
                 if existing is not None and existing.fingerprint != prints[tx.end_to_end_id]:
@@ -370,9 +359,7 @@ class Simulator:
                         ),
                         None,
                     )
-            new = [
-                tx for tx in message.transactions if tx.end_to_end_id not in self._state.transfers
-            ]
+            new = [tx for tx in message.transactions if tx.end_to_end_id not in self._state.transfers]
             transient = [
                 tx.end_to_end_id
                 for tx in new
@@ -396,10 +383,7 @@ class Simulator:
                     Magic.SLOW,
                 ):
                     post_magic = post_magic or Magic(transfer.magic)
-            statuses = [
-                self._tx_status(self._state.transfers[tx.end_to_end_id])
-                for tx in message.transactions
-            ]
+            statuses = [self._tx_status(self._state.transfers[tx.end_to_end_id]) for tx in message.transactions]
             reply_body = render_pain002(
                 msg_id=self._state.next_id("STS"),
                 created_at=now,
@@ -438,9 +422,7 @@ class Simulator:
         except MoneyError:
             return None
 
-    def _accept_transfer(
-        self, tx: CreditTransferTx, message: Pain001, fingerprint: str, now: datetime
-    ) -> Transfer:
+    def _accept_transfer(self, tx: CreditTransferTx, message: Pain001, fingerprint: str, now: datetime) -> Transfer:
         """Validate a new transaction and record it as accepted (executed) or rejected."""
         transfer = Transfer(
             end_to_end_id=tx.end_to_end_id,
@@ -523,9 +505,7 @@ class Simulator:
             with self._lock:
                 transfer = self._state.transfers.get(end_to_end_id)
                 if transfer is None:
-                    return problem(
-                        404, "transfer_not_found", "no transfer with this EndToEndId"
-                    ), None
+                    return problem(404, "transfer_not_found", "no transfer with this EndToEndId"), None
                 body = render_pain002(
                     msg_id=self._state.next_id("STS"),
                     created_at=self.clock.now(),
@@ -545,9 +525,7 @@ class Simulator:
             if transfer is None:
                 return problem(404, "transfer_not_found", "no transfer with this EndToEndId")
             if transfer.status != "ACSC" or transfer.returned_at is not None:
-                return problem(
-                    409, "transfer_not_returnable", "only a settled, unreturned transfer returns"
-                )
+                return problem(409, "transfer_not_returnable", "only a settled, unreturned transfer returns")
             self._return(transfer, self.clock.now(), reason_code, info)
             self._save()
             return Reply(200, _dumps(self._transfer_view(transfer)), JSON)
@@ -681,11 +659,7 @@ class Simulator:
                     key = (transfer.debtor_iban, entry.currency)
                     opening, entries = groups.get(key, (0, []))
                     if entry.booked_at < start:
-                        signed = (
-                            entry.amount_minor
-                            if entry.credit_debit == "CRDT"
-                            else -entry.amount_minor
-                        )
+                        signed = entry.amount_minor if entry.credit_debit == "CRDT" else -entry.amount_minor
                         groups[key] = (opening + signed, entries)
                     elif entry.booked_at < end:
                         entries.append(entry)
@@ -725,11 +699,7 @@ class Simulator:
             "end_to_end_id": transfer.end_to_end_id,
             "status": transfer.status,
             "returned": transfer.returned_at is not None,
-            "amount": (
-                _money(transfer.amount_minor, transfer.currency)
-                if transfer.amount_minor is not None
-                else None
-            ),
+            "amount": (_money(transfer.amount_minor, transfer.currency) if transfer.amount_minor is not None else None),
             "amount_text": transfer.amount_text,
             "debtor_iban": transfer.debtor_iban,
             "creditor_iban": transfer.creditor_iban,
@@ -763,9 +733,7 @@ class Simulator:
             request = RefundRequest.model_validate_json(body)
             currency_exponent(request.amount.currency)
         except ValidationError as exc:
-            return problem(
-                422, "validation_error", "invalid refund", errors=_validation_errors(exc)
-            )
+            return problem(422, "validation_error", "invalid refund", errors=_validation_errors(exc))
         except MoneyError as exc:
             return problem(
                 422,
@@ -774,9 +742,7 @@ class Simulator:
                 errors=[{"field": "amount.currency", "message": str(exc)}],
             )
         keys = (request.refund_id, request.payment_reference, idempotency_key)
-        return self._with_faults(
-            "card.refund", keys, lambda: self._execute_refund(request, idempotency_key)
-        )
+        return self._with_faults("card.refund", keys, lambda: self._execute_refund(request, idempotency_key))
 
     def _execute_refund(self, request: RefundRequest, key: str) -> tuple[Reply, Magic | None]:
         fingerprint = _fingerprint(request.model_dump())
@@ -785,23 +751,17 @@ class Simulator:
             if record is not None:
                 if record.fingerprint != fingerprint:
                     return (
-                        problem(
-                            422, "idempotency_key_reused", "this key was used with another body"
-                        ),
+                        problem(422, "idempotency_key_reused", "this key was used with another body"),
                         None,
                     )
                 self._state.refunds[record.refund_id].requests += 1
                 self._save()
-                replay = Reply(
-                    record.status_code, record.body, JSON, {"idempotent-replayed": "true"}
-                )
+                replay = Reply(record.status_code, record.body, JSON, {"idempotent-replayed": "true"})
                 return replay, None
             existing = self._state.refunds.get(request.refund_id)
             if existing is not None:
                 if existing.fingerprint != fingerprint:
-                    return problem(
-                        409, "refund_id_conflict", "refund_id used for another refund"
-                    ), None
+                    return problem(409, "refund_id_conflict", "refund_id used for another refund"), None
                 existing.requests += 1
                 existing.idempotency_keys.append(key)
                 body = _dumps(self._refund_view(existing))
@@ -832,9 +792,7 @@ class Simulator:
             self._save()
         return Reply(201, body, JSON), magic
 
-    def _create_refund(
-        self, request: RefundRequest, fingerprint: str, key: str, magic: Magic | None
-    ) -> Refund:
+    def _create_refund(self, request: RefundRequest, fingerprint: str, key: str, magic: Magic | None) -> Refund:
         now = self.clock.now()
         refund = Refund(
             refund_id=request.refund_id,
@@ -951,9 +909,7 @@ class Simulator:
         if refund.magic == Magic.FAIL_AT_SETTLEMENT:
             refund.status = "failed"
             refund.failure_reason = "refund_declined"
-            self._queue_card_event(
-                "refund.failed", refund.refund_id, self._refund_view(refund), at, duplicate
-            )
+            self._queue_card_event("refund.failed", refund.refund_id, self._refund_view(refund), at, duplicate)
             log.info("refund_failed", refund_id=refund.refund_id)
             return 0
         refund.status = "succeeded"
@@ -962,13 +918,9 @@ class Simulator:
         if refund.magic == Magic.OUT_OF_ORDER:
             # The chargeback is notified before the success of the refund it follows.
             self._raise_refund_chargeback(refund, at)
-            self._queue_card_event(
-                "refund.succeeded", refund.refund_id, self._refund_view(refund), at, duplicate
-            )
+            self._queue_card_event("refund.succeeded", refund.refund_id, self._refund_view(refund), at, duplicate)
             return 1
-        self._queue_card_event(
-            "refund.succeeded", refund.refund_id, self._refund_view(refund), at, duplicate
-        )
+        self._queue_card_event("refund.succeeded", refund.refund_id, self._refund_view(refund), at, duplicate)
         if refund.magic == Magic.RETURN:
             refund.chargeback_at = at + timedelta(seconds=self.config.chargeback_delay_s)
         return 0
@@ -1018,12 +970,8 @@ class Simulator:
             totals: dict[str, dict[str, Any]] = {}
             for item in items:
                 currency = item["amount"]["currency"]
-                total = totals.setdefault(
-                    currency, {"currency": currency, "refunds": 0, "chargebacks": 0, "count": 0}
-                )
-                total["refunds" if item["type"] == "refund" else "chargebacks"] += item["amount"][
-                    "amount"
-                ]
+                total = totals.setdefault(currency, {"currency": currency, "refunds": 0, "chargebacks": 0, "count": 0})
+                total["refunds" if item["type"] == "refund" else "chargebacks"] += item["amount"]["amount"]
                 total["count"] += 1
             body = {
                 "date": day.isoformat(),
@@ -1043,11 +991,7 @@ class Simulator:
                 now = self.clock.now()
                 settled = returned = chargebacks = 0
                 for transfer in list(self._state.transfers.values()):
-                    if (
-                        transfer.status == "ACSP"
-                        and transfer.settle_at
-                        and transfer.settle_at <= now
-                    ):
+                    if transfer.status == "ACSP" and transfer.settle_at and transfer.settle_at <= now:
                         returned += self._settle_transfer(transfer)
                         settled += 1
                     if (
@@ -1101,23 +1045,16 @@ class Simulator:
         due = [
             c
             for c in self._state.callbacks
-            if c.delivered_at is None
-            and not c.failed
-            and c.next_attempt_at <= now
-            and self._target(c.rail) is not None
+            if c.delivered_at is None and not c.failed and c.next_attempt_at <= now and self._target(c.rail) is not None
         ][:CALLBACKS_PER_TICK_MAX]
         result: list[Callback] = []
         for rail in ("bank", "card"):
             rail_due = [c for c in due if c.rail == rail]
             keys = tuple(c.object_id for c in rail_due)
-            if len(rail_due) > 1 and self.faults.take(
-                f"{rail}.callback", keys, frozenset({"out_of_order"})
-            ):
+            if len(rail_due) > 1 and self.faults.take(f"{rail}.callback", keys, frozenset({"out_of_order"})):
                 rail_due.reverse()
             for callback in rail_due:
-                if self.faults.take(
-                    f"{rail}.callback", (callback.object_id,), frozenset({"duplicate"})
-                ):
+                if self.faults.take(f"{rail}.callback", (callback.object_id,), frozenset({"duplicate"})):
                     callback.duplicate = True
             result.extend(rail_due)
         return result
@@ -1198,9 +1135,7 @@ class Simulator:
                 if t.returned_at is not None:
                     total["returned"] = int(total["returned"]) + t.amount_minor
                 if t.status == "RJCT":
-                    total["rejected_after_acceptance"] = (
-                        int(total["rejected_after_acceptance"]) + t.amount_minor
-                    )
+                    total["rejected_after_acceptance"] = int(total["rejected_after_acceptance"]) + t.amount_minor
                 total["net_moved"] = int(total["booked"]) - int(total["returned"])
             card_totals: dict[str, dict[str, int | str]] = {}
             for r in refunds:
@@ -1259,8 +1194,7 @@ class Simulator:
         """Every callback with its delivery state, oldest first (for tests and operators)."""
         with self._lock:
             return [
-                c.model_dump(mode="json", exclude={"body"}) | {"body_bytes": len(c.body)}
-                for c in self._state.callbacks
+                c.model_dump(mode="json", exclude={"body"}) | {"body_bytes": len(c.body)} for c in self._state.callbacks
             ]
 
     def reset(self) -> None:

@@ -82,9 +82,7 @@ class FaultRule(BaseModel):
     times: int | None = Field(default=1, ge=1, le=10_000, description="None: until removed")
     probability: float = Field(default=1.0, ge=0.0, le=1.0)
     status_code: int = Field(default=503, ge=500, le=599, description="for error_5xx")
-    delay_s: float | None = Field(
-        default=None, ge=0.0, le=600.0, description="for slow/timeout; default from config"
-    )
+    delay_s: float | None = Field(default=None, ge=0.0, le=600.0, description="for slow/timeout; default from config")
     match: str | None = Field(
         default=None,
         max_length=140,
@@ -150,9 +148,7 @@ class FaultBook:
         with self._lock:
             self._rules.clear()
 
-    def take(
-        self, operation: str, keys: tuple[str, ...], kinds: frozenset[str] | None = None
-    ) -> FaultRule | None:
+    def take(self, operation: str, keys: tuple[str, ...], kinds: frozenset[str] | None = None) -> FaultRule | None:
         """Return the first rule for `operation` (and `kinds`) that fires now, counting it.
 
         A rule with `match` only applies when one of `keys` contains it. A rule is dropped

@@ -122,9 +122,7 @@ class AccountStatement:
     @property
     def closing_minor(self) -> int:
         """Opening balance plus credits minus debits of the period."""
-        delta = sum(
-            e.amount_minor if e.credit_debit == "CRDT" else -e.amount_minor for e in self.entries
-        )
+        delta = sum(e.amount_minor if e.credit_debit == "CRDT" else -e.amount_minor for e in self.entries)
         return self.opening_minor + delta
 
 
@@ -214,9 +212,7 @@ def parse_pain001(body: bytes) -> Pain001:
     return Pain001(schema=schema_name, msg_id=msg_id, transactions=tuple(transactions))
 
 
-def _check_group_header(
-    initiation: ET.Element, ns: str, transactions: Sequence[CreditTransferTx]
-) -> None:
+def _check_group_header(initiation: ET.Element, ns: str, transactions: Sequence[CreditTransferTx]) -> None:
     """Reject a file whose header totals disagree with its content (a truncated file)."""
     seen: set[str] = set()
     for tx in transactions:
@@ -226,9 +222,7 @@ def _check_group_header(
                 "EndToEndId NOTPROVIDED: the simulator is idempotent on EndToEndId",
             )
         if tx.end_to_end_id in seen:
-            raise WireError(
-                "duplicate_end_to_end_id", f"EndToEndId {tx.end_to_end_id} appears twice"
-            )
+            raise WireError("duplicate_end_to_end_id", f"EndToEndId {tx.end_to_end_id} appears twice")
         seen.add(tx.end_to_end_id)
     declared = _required(initiation, ns, "GrpHdr/NbOfTxs")
     if int(declared) != len(transactions):
@@ -244,9 +238,7 @@ def _check_group_header(
         except InvalidOperation as exc:
             raise WireError("control_sum_mismatch", "CtrlSum or an amount is not decimal") from exc
         if not matches:
-            raise WireError(
-                "control_sum_mismatch", f"GrpHdr/CtrlSum is {ctrl_sum} but amounts sum to {total}"
-            )
+            raise WireError("control_sum_mismatch", f"GrpHdr/CtrlSum is {ctrl_sum} but amounts sum to {total}")
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -397,9 +389,7 @@ def _summary(parent: ET.Element, tag: str, entries: Sequence[CamtEntry], currenc
     _sub(node, "Sum", minor_to_decimal_str(total, currency))
 
 
-def render_camt053(
-    *, msg_id: str, created_at: datetime, statements: Sequence[AccountStatement]
-) -> bytes:
+def render_camt053(*, msg_id: str, created_at: datetime, statements: Sequence[AccountStatement]) -> bytes:
     """Write a camt.053.001.02 statement document, one Stmt per account and currency."""
     root = _document(CAMT053_NS)
     statement_root = _sub(root, "BkToCstmrStmt")

@@ -46,9 +46,7 @@ def signed_headers(
     *, secret: str, webhook_id: str, timestamp: datetime, body: bytes, content_type: str
 ) -> dict[str, str]:
     """Headers of a Standard Webhooks delivery of `body`, signed at `timestamp`."""
-    signature = Webhook(secret).sign(
-        msg_id=webhook_id, timestamp=timestamp, data=body.decode("utf-8")
-    )
+    signature = Webhook(secret).sign(msg_id=webhook_id, timestamp=timestamp, data=body.decode("utf-8"))
     return {
         "content-type": content_type,
         "webhook-id": webhook_id,
@@ -65,9 +63,7 @@ class HttpxCallbackSender:
         timeout_s: float = CALLBACK_TIMEOUT_S,
         client_factory: Callable[[], httpx.Client] | None = None,
     ) -> None:
-        self._client = (
-            client_factory() if client_factory is not None else httpx.Client(timeout=timeout_s)
-        )
+        self._client = client_factory() if client_factory is not None else httpx.Client(timeout=timeout_s)
 
     def __call__(self, request: CallbackRequest) -> int:
         """POST the callback and return the status code; transport errors propagate."""
