@@ -131,11 +131,11 @@ def apply(
             return False
         changed = advance_refunds.apply_outcome(conn, r, frozen, outcome, now, key=key)
     else:
-        o, r = refunds.lock_refund(conn, head.object_id)
+        o, r, frozen = refunds.lock_refund(conn, head.object_id, now)
         row = outbox.lock_by_key(conn, key)
         if lease_token is not None and not outbox.still_ours(row, lease_token):
             return False
-        changed = refunds.apply_outcome(conn, o, r, outcome, now)
+        changed = refunds.apply_outcome(conn, o, r, outcome, now, seller_frozen=frozen)
     if row.state in ("pending", "sent"):
         if outcome.kind in outbox.FINAL_OUTCOMES:
             outbox.mark(conn, row.id, now, state="done", rail_state=outcome.kind, destination=destination)
@@ -258,13 +258,20 @@ def record(engine: Engine, ins: Instruction, result: Attempt, policy: Policy, no
         if not outbox.still_ours(row, ins.lease_token):
             return
         error = result.fatal_error or result.retry_error or "no outcome"
-        if result.fatal_error is not None or (ins.state == "pending" and ins.attempts >= policy.attempts_max):
+        data = {"key": ins.key, "kind": ins.kind, "object_id": ins.object_id, "error": error[:500]}
+        if result.fatal_error is not None:
             outbox.mark(conn, row.id, now, state="dead", last_error=error)
-            data = {"key": ins.key, "kind": ins.kind, "object_id": ins.object_id, "error": error[:500]}
             audit.record(conn, SYSTEM, "instruction.dead", ins.id, now=now, data=data)
             events.emit(conn, "instruction.dead", data, now=now)
             log.error("instruction_dead", key=ins.key, error=error[:500])
             return
+        # A retryable failure (rail down, outcome unknown, no destination yet) never ends the
+        # instruction: its money is in transit and must arrive at least once. Past the attempt
+        # bound it goes on at the capped backoff, and people are told once.
+        if ins.attempts == policy.attempts_max:
+            audit.record(conn, SYSTEM, "instruction.stuck", ins.id, now=now, data=data)
+            events.emit(conn, "instruction.stuck", data, now=now)
+            log.error("instruction_stuck", key=ins.key, attempts=ins.attempts, error=error[:500])
         wait = outbox.backoff(ins.attempts, policy.backoff_base_ms, policy.backoff_cap_ms)
         outbox.mark(
             conn, row.id, now, state=ins.state, next_attempt_at=now + wait, last_error=error,

@@ -474,7 +474,9 @@ def fail_refund(conn: Connection, actor: Actor, now: datetime, refund_id: str, r
     if r.status != "submitted":
         raise IllegalTransition(f"refund {refund_id} is {r.status}; only a submitted refund can fail")
     ins = outbox.lock_by_key(conn, r.instruction_key)
-    if ins is not None and (ins.state == "sent" or (ins.state == "pending" and ins.attempts > 0)):
+    # A dead instruction that was ever attempted may have been executed (its last answer lost):
+    # failing it here and retrying elsewhere could refund the buyer twice.
+    if ins is not None and (ins.state == "sent" or (ins.state in ("pending", "dead") and ins.attempts > 0)):
         raise IllegalTransition(f"refund {refund_id}: the rail may hold its instruction; wait for the rail's outcome")
     _fail(conn, actor, now, r, frozen, IN_TRANSIT_REFUNDS, reason)
     if ins is not None and ins.state == "pending":

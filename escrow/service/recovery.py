@@ -36,7 +36,7 @@ under those locks, so concurrent recoveries and releases never take a minor unit
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -399,14 +399,50 @@ def write_off_locked(conn: Connection, actor: Actor, now: datetime, r: Any, amou
     return value
 
 
+def _restore_hold(
+    conn: Connection, actor: Actor, now: datetime, o: Any, amount: int, refund_id: str, *, confirmed: bool
+) -> None:
+    """Hold again what a failed advance refund had taken from the order's holds.
+
+    A new hold, not a revived one: the old holds' history (applied to the recovery) stays
+    as it happened. It carries the old holds' findings and their latest deadline.
+    """
+    previous = conn.execute(select(holds).where(holds.c.order_id == o.order_id)).all()
+    finding_ids = sorted({f for h in previous for f in (h.finding_ids or [])})
+    expires_at = max((h.expires_at for h in previous), default=now + timedelta(days=1))
+    max_expires_at = max((h.max_expires_at for h in previous), default=expires_at)
+    expires_at = max(expires_at, now + timedelta(days=1))
+    hold_id = new_id("hld")
+    reason = f"restored: advance refund {refund_id} failed, its recovery from this order is undone"
+    conn.execute(
+        holds.insert(),
+        {
+            "id": hold_id, "order_id": o.order_id, "seller_id": o.seller_id, "currency": o.currency,
+            "amount": amount, "original_amount": amount, "status": "active", "reason": reason,
+            "finding_ids": finding_ids, "confirmed": confirmed, "expires_at": expires_at,
+            "max_expires_at": max(max_expires_at, expires_at), "claim_window_ends_at": None,
+            "counter_notice": None, "created_at": now, "updated_at": now,
+        },
+    )  # fmt: skip
+    money = {"amount": amount, "currency": o.currency}
+    audit.record(conn, actor, "hold.placed", hold_id, now=now, reason=reason,
+                 data={"order_id": o.order_id, "amount": money, "finding_ids": finding_ids})  # fmt: skip
+    event = {"hold_id": hold_id, "order_id": o.order_id, "seller_id": o.seller_id, "amount": money}
+    events.emit(conn, "hold.placed", event, now=now)
+
+
 def undo_legs(conn: Connection, actor: Actor, now: datetime, r: Any, seller_frozen: bool) -> tuple[list[Posting], int]:
     """Give the current attempt's recoveries back to where they came from, for a failed refund.
 
     Returns the postings crediting the sources (the caller adds them to the reversing entry,
     which debits the guarantee fund by as much) and the total given back. Money recovered by a
-    deposit confiscation stays in the guarantee fund: the confiscation itself stands. The
-    order's parts are put back: before confirmation into escrow, after it to the seller
-    (payable, or frozen while the seller is frozen), no longer tied to the holds it came from.
+    deposit confiscation stays in the guarantee fund: the confiscation itself stands.
+
+    Money taken from an order goes back to what it was: money a hold intercepted is held
+    again (in `order:held` before confirmation, tied in `seller:frozen` after it) under a
+    restored hold, because a failed refund must not turn intercepted money into the seller's;
+    unheld escrow goes back to escrow, or, if the order was confirmed since, where its
+    confirmation would have sent it.
     """
     legs: dict[str, int] = defaultdict(int)
     back = 0
@@ -419,12 +455,19 @@ def undo_legs(conn: Connection, actor: Actor, now: datetime, r: Any, seller_froz
         if rec.source == "order_held":
             o = conn.execute(select(orders).where(orders.c.order_id == rec.order_id)).one()
             p = parts_of(o)
-            if o.confirmed_at is None:
+            intercepted = rec.source_account != order_escrow(o.order_id)  # from order:held or tied frozen
+            if o.confirmed_at is None and intercepted:
+                legs[order_held(o.order_id)] += amount
+                save_parts(conn, o, Parts(p.escrowed, p.held + amount, p.frozen, p.released, p.refunded - amount))
+                _restore_hold(conn, actor, now, o, amount, r.id, confirmed=False)
+            elif o.confirmed_at is None:
                 legs[order_escrow(o.order_id)] += amount
                 save_parts(conn, o, Parts(p.escrowed + amount, p.held, p.frozen, p.released, p.refunded - amount))
-            elif seller_frozen:
+            elif intercepted or seller_frozen:
                 legs[seller_account(r.seller_id, "frozen")] += amount
                 save_parts(conn, o, Parts(p.escrowed, p.held, p.frozen + amount, p.released, p.refunded - amount))
+                if intercepted:
+                    _restore_hold(conn, actor, now, o, amount, r.id, confirmed=True)
             else:
                 legs[seller_account(r.seller_id, "payable")] += amount
                 save_parts(conn, o, Parts(p.escrowed, p.held, p.frozen, p.released + amount, p.refunded - amount))

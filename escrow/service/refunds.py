@@ -27,12 +27,12 @@ from escrow.domain.orders import Parts
 from escrow.errors import ExceedsEscrowedAmount, IllegalTransition, NotFound
 from escrow.ids import new_id
 from escrow.ledger import Ledger, transfer
-from escrow.ledger.chart import IN_TRANSIT_REFUNDS, clearing, order_escrow
+from escrow.ledger.chart import IN_TRANSIT_REFUNDS, clearing, order_escrow, seller_account
 from escrow.money import Money
 from escrow.outbox import Outcome
-from escrow.persistence.tables import order_refunds
+from escrow.persistence.tables import order_refunds, orders
 from escrow.service.advance_refunds import ExceedsRefundableAmount, refundable_amount
-from escrow.service.orders import get_order, lock_order, parts_of, save_parts
+from escrow.service.orders import get_order, lock_order, parts_of, save_parts, seller_is_frozen
 
 
 def refund_order(
@@ -117,19 +117,23 @@ def refund_order(
     return view
 
 
-def lock_refund(conn: Connection, refund_id: str) -> tuple[Any, Any]:
-    """(order row, refund row) locked in the global order: order before refund."""
+def lock_refund(conn: Connection, refund_id: str, now: datetime) -> tuple[Any, Any, bool]:
+    """(order row, refund row, seller frozen?) locked in the global order: seller (shared), order, refund."""
     order_id = conn.execute(
         select(order_refunds.c.order_id).where(order_refunds.c.id == refund_id)
     ).scalar_one_or_none()
     if order_id is None:
         raise NotFound(f"refund {refund_id} not found")
+    seller_id = conn.execute(select(orders.c.seller_id).where(orders.c.order_id == order_id)).scalar_one()
+    frozen = seller_is_frozen(conn, seller_id, now)
     o = lock_order(conn, order_id)
     r = conn.execute(select(order_refunds).where(order_refunds.c.id == refund_id).with_for_update()).one()
-    return o, r
+    return o, r, frozen
 
 
-def apply_outcome(conn: Connection, o: Any, r: Any, outcome: Outcome, now: datetime) -> bool:
+def apply_outcome(
+    conn: Connection, o: Any, r: Any, outcome: Outcome, now: datetime, *, seller_frozen: bool = False
+) -> bool:
     """Apply a rail outcome to the locked refund `r` of order `o`; False when it changes nothing."""
     if r.status in ("failed", "returned"):
         return False
@@ -142,8 +146,7 @@ def apply_outcome(conn: Connection, o: Any, r: Any, outcome: Outcome, now: datet
     if kind in ("failed", "rejected"):
         if r.status == "succeeded":
             return False  # a late decline after a success (or a booking) changes nothing
-        ledger.post(transfer("order_refund_failed", IN_TRANSIT_REFUNDS, order_escrow(o.order_id), money), now=now)
-        _back_to_escrow(conn, o, int(r.amount))
+        _give_back(conn, ledger, o, money, IN_TRANSIT_REFUNDS, "order_refund_failed", now, seller_frozen)
         _set(conn, r, now, status="failed", failure_reason=outcome.reason or kind)
         _announce(conn, o, r, money, "refund.failed", now, outcome.reason)
         return True
@@ -154,18 +157,31 @@ def apply_outcome(conn: Connection, o: Any, r: Any, outcome: Outcome, now: datet
         _announce(conn, o, r, money, "refund.succeeded", now, None)
         changed = True
     if kind == "returned":
-        ledger.post(transfer("order_refund_returned", rail_clearing, order_escrow(o.order_id), money), now=now)
-        _back_to_escrow(conn, o, int(r.amount))
+        _give_back(conn, ledger, o, money, rail_clearing, "order_refund_returned", now, seller_frozen)
         _set(conn, r, now, status="returned", failure_reason=outcome.reason or "returned")
         _announce(conn, o, r, money, "refund.returned", now, outcome.reason)
         changed = True
     return changed
 
 
-def _back_to_escrow(conn: Connection, o: Any, value: int) -> None:
+def _give_back(
+    conn: Connection, ledger: Ledger, o: Any, money: Money, source: str, kind: str, now: datetime, seller_frozen: bool
+) -> None:
+    """Money of a failed or returned refund goes back into escrow, or, if the buyer confirmed
+    receipt meanwhile, where the confirmation sent the rest of the order: payable (frozen
+    while the seller is frozen). Escrow of a confirmed order could never move again."""
     fresh = lock_order(conn, o.order_id)
     p = parts_of(fresh)
-    save_parts(conn, fresh, Parts(p.escrowed + value, p.held, p.frozen, p.released, p.refunded - value))
+    value = money.amount_minor
+    if fresh.confirmed_at is None:
+        ledger.post(transfer(kind, source, order_escrow(o.order_id), money), now=now)
+        save_parts(conn, fresh, Parts(p.escrowed + value, p.held, p.frozen, p.released, p.refunded - value))
+    elif seller_frozen:
+        ledger.post(transfer(kind, source, seller_account(o.seller_id, "frozen"), money), now=now)
+        save_parts(conn, fresh, Parts(p.escrowed, p.held, p.frozen + value, p.released, p.refunded - value))
+    else:
+        ledger.post(transfer(kind, source, seller_account(o.seller_id, "payable"), money), now=now)
+        save_parts(conn, fresh, Parts(p.escrowed, p.held, p.frozen, p.released + value, p.refunded - value))
 
 
 def _set(conn: Connection, r: Any, now: datetime, **values: Any) -> None:

@@ -79,7 +79,9 @@ def test_two_preforked_workers_see_a_new_finding(
     """A finding created through one request holds orders on every later screen, whichever worker
     answers, within a bounded wait; SIGTERM stops master and workers cleanly."""
     base, proc = server
-    workers = children(proc.pid)
+    deadline = time.monotonic() + READY_S  # ready means one worker answers; the other may still be starting
+    while len(workers := children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert len(workers) == 2, workers
     made = escrow(env, "keys", "create", "--role", "ip_staff", "--name", "t")
     assert made.returncode == 0, made.stderr

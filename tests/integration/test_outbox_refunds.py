@@ -92,3 +92,20 @@ class TestOrdinaryRefunds:
         w.work()
         assert refund_row(w, refund_id)["status"] == "succeeded"
         assert_outbox_invariants(w)
+
+
+def test_a_refund_declined_after_confirmation_goes_to_the_seller_not_to_dead_escrow(w: World) -> None:
+    """Refund in flight, buyer confirms, refund declined: the money follows the confirmation (payable)."""
+    w.paid_order(1, 10_097)
+    hold = {"order_id": "o-1", "amount": {"amount": 3_000, "currency": "EUR"}, "reason": "suspected"}
+    assert w.call("ip_staff", "POST", "/v1/holds", hold).status_code == 201
+    refund_id = w.refund(1)  # the 7,097 of unheld escrow; magic 97: declined at settlement
+    w.work()
+    assert w.call("checkout", "POST", "/v1/orders/o-1/confirm").status_code == 200
+    w.advance(CARD_SETTLE_S + 1)
+    assert refund_row(w, refund_id)["status"] == "failed"
+    order = w.call("checkout", "GET", "/v1/orders/o-1").json()
+    assert order["balances"] == {"escrowed": 0, "held": 0, "released": 7_097, "refunded": 0, "frozen": 3_000}
+    assert balance(w.api, "order:o-1:escrow") == 0
+    assert balance(w.api, "seller:s-1:payable") == 7_097 and balance(w.api, "seller:s-1:frozen") == 3_000
+    assert_outbox_invariants(w)

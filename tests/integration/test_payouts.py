@@ -197,8 +197,9 @@ class TestPayoutFlow:
         assert t["executions"] == 1
         assert_outbox_invariants(w)
 
-    def test_rail_down_backs_off_and_stops_after_bounded_attempts(self, w: World) -> None:
-        """503s are retried later with the same key, with growing waits; after attempts_max the row is dead."""
+    def test_rail_down_backs_off_alerts_and_delivers_once_the_rail_is_back(self, w: World) -> None:
+        """503s are retried with the same key and growing waits; past attempts_max people are told, and
+        the instruction keeps going (its money is in transit) until the rail is back: then paid once."""
         w.account("s-1")
         w.confirmed_order(1, 10_000)
         w.sweep()
@@ -211,10 +212,18 @@ class TestPayoutFlow:
                 row = conn.execute(select(outbox_instructions)).one()
             waits.append((row.next_attempt_at - w.api.clock.now()).total_seconds())
             w.advance(3600)
-        assert row.state == "dead"
+        assert row.state == "pending" and row.attempts == w.policy.attempts_max
         assert waits[0] < waits[3]  # exponential, jittered
-        assert w.payouts()[0]["status"] == "pending"  # the money stays in transit for a human
+        assert w.payouts()[0]["status"] == "pending"
         assert w.books()["executions"] == {}
+        stuck = w.call("finance", "GET", "/v1/events?type=instruction.stuck").json()["data"]
+        assert [e["data"]["key"] for e in stuck] == [row.key]
+        w.sim.delete("/control/faults")
+        w.work()
+        w.advance(3600)
+        w.work()
+        assert w.payouts()[0]["status"] == "paid"
+        assert list(w.books()["executions"].values()) == [1]
         assert_outbox_invariants(w)
 
     def test_list_and_read_are_finance_only(self, w: World) -> None:

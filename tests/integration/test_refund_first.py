@@ -580,10 +580,12 @@ class TestFailure:
         assert failed["status"] == "failed" and failed["failure_reason"] == "card expired"
         assert failed["recovery"]["status"] == "cancelled" and failed["recovery"]["recovered"] == []
         assert balance(s.api, FUND) == 100_000 and balance(s.api, "in_transit:refunds") == 0
-        # Recovered money goes back into escrow (the hold stays applied: the buyer's money is no longer tied).
-        assert s.order_view("o-1")["balances"] == {
-            "escrowed": 10_000, "held": 0, "released": 0, "refunded": 0, "frozen": 0,
-        }  # fmt: skip
+        # Recovered money goes back to what it was: the intercepted 2,000 is held again under a
+        # restored hold (a failed refund must not free intercepted money), the rest to escrow.
+        order = s.order_view("o-1")
+        assert order["balances"] == {"escrowed": 8_000, "held": 2_000, "released": 0, "refunded": 0, "frozen": 0}
+        live = [h for h in order["holds"] if h["status"] == "active"]
+        assert [h["amount"]["amount"] for h in live] == [2_000] and live[0]["reason"].startswith("restored")
         with s.api.parts.engine.connect() as conn:
             reversing = conn.execute(
                 text("SELECT reverses_id FROM journal_entries WHERE kind = 'advance_refund_failed'")
@@ -605,8 +607,8 @@ class TestFailure:
         assert any(k.rail == "bank" and "b-1" in str(k.destination) for k in keys)
         assert_refund_first_sound(s.api)
 
-    def test_failure_after_confirmation_gives_back_to_the_seller(self, s: Session) -> None:
-        """Recovered proceeds of a confirmed order return to the seller's payable proceeds."""
+    def test_failure_after_confirmation_gives_back_what_was_taken(self, s: Session) -> None:
+        """Payable proceeds return to payable; intercepted (held) proceeds stay frozen under a restored hold."""
         s.top_up(100_000)
         s.order(1)
         s.hold("o-1", 4_000)
@@ -614,8 +616,10 @@ class TestFailure:
         refund = s.advance("o-1", 5_000)  # 4_000 from the order's frozen funds, 1_000 from payable
         assert balance(s.api, "seller:s-1:payable") == 5_000
         s.fail(refund["id"])
-        assert balance(s.api, "seller:s-1:payable") == 10_000 and balance(s.api, "seller:s-1:frozen") == 0
-        assert s.order_view("o-1")["balances"]["released"] == 10_000
+        assert balance(s.api, "seller:s-1:payable") == 6_000 and balance(s.api, "seller:s-1:frozen") == 4_000
+        order = s.order_view("o-1")
+        assert (order["balances"]["released"], order["balances"]["frozen"]) == (6_000, 4_000)
+        assert [h["amount"]["amount"] for h in order["holds"] if h["status"] == "active"] == [4_000]
         assert_refund_first_sound(s.api)
 
     def test_rail_outcomes(self, s: Session) -> None:
