@@ -107,12 +107,13 @@ class LayerClient:
     def one(self, workload: str) -> Callable[[random.Random, int], None]:
         def post(rng: random.Random, _n: int) -> None:
             source, destination = accounts_for(workload, rng.randrange(ORDERS))
-            # Built (and validated) before the transaction opens, as the raw client prepares its
-            # rows before BEGIN: nothing but I/O should run while a write lock is held.
-            entry = transfer("hold", source, destination, Money(1, "EUR"))
+            # Built, validated and prepared before the transaction opens, as the raw client
+            # prepares its rows before BEGIN: nothing but I/O should run under a write lock.
             conn = self.conn()
+            ledger = Ledger(conn)
+            prepared = ledger.prepare(transfer("hold", source, destination, Money(1, "EUR")), now=NOW)
             with conn.begin():
-                Ledger(conn).post(entry, now=NOW)
+                ledger.post(prepared)
 
         return post
 

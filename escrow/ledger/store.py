@@ -41,6 +41,18 @@ class PostedEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedEntry:
+    """An entry turned into statement parameters (see `Ledger.prepare`)."""
+
+    posted: PostedEntry
+    head: tuple[Any, ...]
+    postings: tuple[Any, ...]
+    rows: tuple[tuple[str, str, int, int], ...]
+    balances: tuple[Any, ...]
+    guarded: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class TrialBalanceLine:
     currency: str
     total_debits: int  # sum of debit (negative) account balances, as a positive number
@@ -92,49 +104,72 @@ class Ledger:
     def _ts(self, when: datetime) -> Any:
         return _sqlite_ts(when) if self._dialect == "sqlite" else when
 
-    def post(
+    def prepare(
         self,
         entry: Entry,
         *,
         now: datetime,
         request_id: str | None = None,
         entry_id: str | None = None,
-    ) -> PostedEntry:
-        """Write `entry` and move every balance it touches, atomically with the caller's work.
+    ) -> PreparedEntry:
+        """Everything `post` sends, computed without touching the database.
 
-        Raises InsufficientFunds, naming the account, when a guarded account would go negative.
+        Callers that hold a write lock while posting (SQLite's single writer above all) may
+        prepare before they open the transaction, so the lock covers only the statements.
         """
         entry_id = entry_id or new_id("ent")
         ts = self._ts(now)
+        postings: list[Any] = []
+        for p in entry.postings:
+            postings += (entry_id, p.account, p.amount.currency, p.amount.amount_minor, ts)
+        # Sorted so every transaction locks balance rows in one global order: no deadlocks.
+        rows = sorted((account, currency, _shard(account), delta) for (account, currency), delta in entry.net.items())
+        # A guarded *debit* is sent with non_negative = false: both databases check CHECK
+        # constraints on the proposed row before they detect the conflict, so a negative
+        # proposed balance would fail even though the row exists. On conflict the stored
+        # row's own flag (true) drives the guard in the WHERE. If instead the row was
+        # inserted, the account never held money: the returned flag is false and the
+        # entry is refused (the caller's rollback removes the row).
+        balances: list[Any] = []
+        guarded: set[str] = set()
+        for account, currency, shard, delta in rows:
+            rule = rule_for(account)
+            if rule.non_negative:
+                guarded.add(account)
+            balances += (account, currency, shard, delta, rule.non_negative and delta > 0)
+        head = (entry_id, entry.kind, ts, entry.reverses, request_id, entry.memo)
+        posted = PostedEntry(entry_id, entry.kind, now, entry.postings, entry.reverses)
+        return PreparedEntry(posted, head, tuple(postings), tuple(rows), tuple(balances), frozenset(guarded))
+
+    def post(
+        self,
+        entry: Entry | PreparedEntry,
+        *,
+        now: datetime | None = None,
+        request_id: str | None = None,
+        entry_id: str | None = None,
+    ) -> PostedEntry:
+        """Write `entry` and move every balance it touches, atomically with the caller's work.
+
+        Takes an `Entry` (with `now`) or what `prepare` made of one. Raises InsufficientFunds,
+        naming the account, when a guarded account would go negative.
+        """
+        if isinstance(entry, Entry):
+            if now is None:
+                raise TypeError("post(entry) needs now=")
+            entry = self.prepare(entry, now=now, request_id=request_id, entry_id=entry_id)
         d = self._dialect
         cur = self._cursor()
         try:
-            cur.execute(_sql(d, "entry"), (entry_id, entry.kind, ts, entry.reverses, request_id, entry.memo))
-            params: list[Any] = []
-            for p in entry.postings:
-                params += (entry_id, p.account, p.amount.currency, p.amount.amount_minor, ts)
-            cur.execute(_sql(d, "postings", len(entry.postings)), params)
-
-            # Sorted so every transaction locks balance rows in one global order: no deadlocks.
-            rows = sorted(
-                (account, currency, _shard(account), delta) for (account, currency), delta in entry.net.items()
-            )
-            # A guarded *debit* is sent with non_negative = false: both databases check CHECK
-            # constraints on the proposed row before they detect the conflict, so a negative
-            # proposed balance would fail even though the row exists. On conflict the stored
-            # row's own flag (true) drives the guard in the WHERE. If instead the row was
-            # inserted, the account never held money: the returned flag is false and the
-            # entry is refused (the caller's rollback removes the row).
-            params = []
-            for account, currency, shard, delta in rows:
-                params += (account, currency, shard, delta, rule_for(account).non_negative and delta > 0)
-            cur.execute(_sql(d, "balances", len(rows)), params)
-            moved = {(r[0], r[1], r[2]) for r in cur.fetchall() if r[3] or not rule_for(r[0]).non_negative}
-            if len(moved) != len(rows):
-                raise self._insufficient(rows, moved)
+            cur.execute(_sql(d, "entry"), entry.head)
+            cur.execute(_sql(d, "postings", len(entry.postings) // 5), entry.postings)
+            cur.execute(_sql(d, "balances", len(entry.rows)), entry.balances)
+            moved = {(r[0], r[1], r[2]) for r in cur.fetchall() if r[3] or r[0] not in entry.guarded}
+            if len(moved) != len(entry.rows):
+                raise self._insufficient(list(entry.rows), moved)
         finally:
             cur.close()
-        return PostedEntry(entry_id, entry.kind, now, entry.postings, entry.reverses)
+        return entry.posted
 
     @staticmethod
     def _insufficient(rows: list[tuple[str, str, int, int]], moved: set[tuple[str, str, int]]) -> InsufficientFunds:
