@@ -99,3 +99,32 @@ def test_concurrent_on_demand_recoveries_of_one_refund(pg_db: TestDB) -> None:
     assert s.get(refund["id"])["recovery"]["status"] == "recovered"
     assert Ledger.__name__ and s.api.db.count("advance_recoveries") == 1
     assert_refund_first_sound(api)
+
+
+def test_concurrent_refunds_never_exceed_what_the_buyer_paid(pg_db: TestDB) -> None:
+    """Ten advance and ordinary refunds of one order at once: together they never pass the amount paid."""
+    api = pg_api(pg_db)
+    s = Session(api)
+    s.top_up(1_000_000)
+    s.order(1, amount=10_000)
+    agent, checkout = api.key("cp_agent"), api.key("checkout")
+
+    def advance() -> int:
+        body = {"order_id": "o-1", "amount": {"amount": 3_000, "currency": "EUR"}, "reason": "race"}
+        return int(api.client.post("/v1/refunds", json=body, headers=agent).status_code)
+
+    def ordinary() -> int:
+        body = {"amount": {"amount": 3_000, "currency": "EUR"}, "reason": "race"}
+        return int(api.client.post("/v1/orders/o-1/refund", json=body, headers=checkout).status_code)
+
+    statuses = run_together(*([advance] * 5 + [ordinary] * 5))
+    assert all(not isinstance(x, BaseException) for x in statuses), statuses
+    assert set(statuses) <= {200, 201, 409}, statuses
+    assert sum(1 for x in statuses if x in (200, 201)) == 3  # 3 x 3_000 fit in 10_000, a fourth does not
+    with api.parts.engine.connect() as conn:
+        advanced = conn.execute(text("SELECT COALESCE(SUM(amount), 0) FROM advance_refunds")).scalar_one()
+        ordinary_total = conn.execute(text("SELECT COALESCE(SUM(amount), 0) FROM order_refunds")).scalar_one()
+    assert advanced + ordinary_total == 9_000
+    assert_refund_first_sound(api)
+    api.client.close()
+    api.parts.engine.dispose()
