@@ -37,10 +37,15 @@ def _pg_base_url() -> str | None:
     try:
         psycopg.connect(url, connect_timeout=3).close()
     except psycopg.Error:
-        if os.environ.get("ESCROW_TEST_REQUIRE_POSTGRES") == "1":
-            pytest.exit(f"PostgreSQL required but unreachable at {url}", returncode=3)
         return None
     return url
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With ESCROW_TEST_REQUIRE_POSTGRES=1 (CI), an unreachable PostgreSQL stops the run before any test."""
+    if os.environ.get("ESCROW_TEST_REQUIRE_POSTGRES") == "1" and _pg_base_url() is None:
+        url = os.environ.get("ESCROW_TEST_POSTGRES_URL") or DEFAULT_PG
+        pytest.exit(f"PostgreSQL required but unreachable at {url}", returncode=3)
 
 
 def _with_database(url: str, name: str) -> str:
