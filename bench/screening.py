@@ -13,10 +13,13 @@ characters from a listing vocabulary, some carrying a (sometimes disguised) patt
     .venv/bin/python bench/screening.py [--sizes 10000,100000,1000000] [--titles 100000]
 
 `--serve-workers SIZE` measures the served system instead: `escrow serve --workers 2` over a
-SQLite database holding SIZE patterns, the private and shared memory of each pre-forked
-worker (/proc/PID/smaps_rollup), and the time from a finding change made over HTTP to
-`POST /v1/screen` reflecting it (target < 1 s), first with the large base in place, then while
-both workers rebuild their base in the background (forced by an overlay over its bound).
+SQLite database holding SIZE patterns. It prints the time from a finding change made over HTTP
+(create, confirm, dismiss) to `POST /v1/screen` reflecting it (target < 1 s) with the large base
+in place, then while the gunicorn master rebuilds the base (forced by a bulk insert past the
+overlay's bound; the workers keep serving from their overlay), then after the master replaced
+the workers by forks sharing the new base; and the RSS, shared and private memory of the master
+and each worker (/proc/PID/smaps_rollup) at start and after that roll (target: <= 1 GB per
+process, the matcher shared rather than private).
 
     .venv/bin/python bench/screening.py --serve-workers 1000000
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import random
 import statistics
@@ -385,8 +389,59 @@ def insert_findings(url: str, rules: list[FindingRule], *, migrate_first: bool =
     engine.dispose()
 
 
+def children_of(pid: int) -> list[int]:
+    """Pids whose parent is `pid` (the gunicorn master's workers), from /proc/*/stat."""
+    found: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+class ServeLog:
+    """The served processes' JSON log lines (stdout, at info), read as they come."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._offset = 0
+        self.seen: list[tuple[float, str]] = []  # (the line's own timestamp, as epoch seconds; event)
+
+    def read(self) -> None:
+        from datetime import datetime
+
+        with self._path.open("rb") as f:
+            f.seek(self._offset)
+            chunk = f.read()
+        complete = chunk.rpartition(b"\n")[0]
+        self._offset += len(complete) + (1 if complete else 0)
+        for line in complete.splitlines():
+            try:
+                record = json.loads(line)
+                at = datetime.fromisoformat(record["timestamp"]).timestamp()
+            except (ValueError, KeyError, TypeError):  # gunicorn's own plain-text lines
+                continue
+            self.seen.append((at, str(record.get("event", ""))))
+
+    def when(self, event: str, timeout_s: float = 0.0) -> float:
+        """When `event` was first logged (epoch seconds), waiting up to `timeout_s` for it (NaN if never)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.read()
+            for at, seen in self.seen:
+                if seen == event:
+                    return at
+            if time.monotonic() >= deadline:
+                return float("nan")
+            time.sleep(0.05)
+
+
 def serve_workers(size: int) -> None:
-    """The served system at `size` patterns: worker memory, and change-to-visible latency."""
+    """The served system at `size` patterns: worker memory, change-to-visible latency, and the master's
+    base rebuild followed by the roll of the workers."""
     import signal
     import socket
     import tempfile
@@ -398,13 +453,14 @@ def serve_workers(size: int) -> None:
     rnd = random.Random(SEED + size)
     rules, _ = make_rules(size, rnd)
     titles = make_titles(2_000, [], rnd)
+    build_wait_s = 30 + 60 * size / 1_000_000  # a build of 1M patterns takes ~14 s of a core; slack for a busy box
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/escrow.db"
         started = time.perf_counter()
         insert_findings(url, rules, migrate_first=True)
         print(f"seeded {len(rules):,} findings / {size:,} patterns in {time.perf_counter() - started:.1f} s")
         del rules
-        env = {**os.environ, "ESCROW_DATABASE_URL": url, "ESCROW_LOG_LEVEL": "warning"}
+        env = {**os.environ, "ESCROW_DATABASE_URL": url, "ESCROW_LOG_LEVEL": "info"}
         escrow = [sys.executable, "-m", "escrow"]
         made = subprocess.run([*escrow, "keys", "create", "--role", "ip_staff", "--name", "bench"],  # noqa: S603
                               env=env, capture_output=True, text=True, check=True)  # fmt: skip
@@ -413,66 +469,137 @@ def serve_workers(size: int) -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         base = f"http://127.0.0.1:{port}"
+        log_path = Path(tmp) / "serve.log"
         started = time.perf_counter()
-        server = subprocess.Popen([*escrow, "serve", "--port", str(port), "--workers", "2"], env=env)  # noqa: S603
+        with log_path.open("wb") as log_file:
+            server = subprocess.Popen(  # noqa: S603
+                [*escrow, "serve", "--port", str(port), "--workers", "2"], env=env, stdout=log_file, stderr=log_file
+            )
+        log = ServeLog(log_path)
         try:
             client = httpx.Client(base_url=base, timeout=30, headers=headers)
             while True:
                 try:
-                    if client.get("/readyz").status_code == 200:
+                    if client.get("/readyz").status_code == 200 and len(children_of(server.pid)) == 2:
                         break
                 except httpx.HTTPError:
-                    time.sleep(0.2)
+                    pass
+                if server.poll() is not None:
+                    raise SystemExit(f"escrow serve exited:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.2)
             print(f"serve --workers 2 ready in {time.perf_counter() - started:.1f} s (one build, in the master)")
-            for title in titles:  # touch the matcher from both workers
-                client.post("/v1/screen", json={"title": title}, headers={"Connection": "close"})
-            workers = [int(p) for p in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
-            print(f"{'process':>10} {'RSS MB':>8} {'PSS MB':>8} {'shared':>8} {'private':>8}")
-            for label, pid in [("master", server.pid)] + [(f"worker {i}", p) for i, p in enumerate(workers, 1)]:
-                m = smaps(pid)
-                print(f"{label:>10} {m['rss']:>8.0f} {m['pss']:>8.0f} {m['shared']:>8.0f} {m['private']:>8.0f}")
 
-            def visible(change: Any, decision: str, title: str) -> float:
+            def screen(title: str) -> dict[str, Any]:
+                got = client.post("/v1/screen", json={"title": title}, headers={"Connection": "close"})
+                got.raise_for_status()
+                return got.json()  # type: ignore[no-any-return]
+
+            def memory(label: str) -> list[dict[str, float]]:
+                for title in titles:  # touch the matcher from every worker
+                    screen(title)
+                workers = children_of(server.pid)
+                print(f"memory {label} (MB):")
+                print(f"  {'process':>10} {'pid':>8} {'RSS':>7} {'PSS':>7} {'shared':>7} {'private':>7}")
+                figures: list[dict[str, float]] = []
+                for name, pid in [("master", server.pid)] + [(f"worker {i}", p) for i, p in enumerate(workers, 1)]:
+                    m = smaps(pid)
+                    figures.append(m)
+                    print(f"  {name:>10} {pid:>8} {m['rss']:>7.0f} {m['pss']:>7.0f} {m['shared']:>7.0f} "
+                          f"{m['private']:>7.0f}")  # fmt: skip
+                return figures  # the master's first
+
+            requests_ms: dict[str, int] = {}  # of the last lifecycle: how long each change's own request took
+
+            def visible(what: str, change: Any, decision: str, title: str) -> float:
                 began = time.perf_counter()
                 change()
-                while True:
-                    got = client.post("/v1/screen", json={"title": title}, headers={"Connection": "close"})
-                    if got.json()["decision"] == decision:
-                        return time.perf_counter() - began
+                requests_ms[what] = round((time.perf_counter() - began) * 1000)
+                while time.perf_counter() - began < 30:
+                    if screen(title)["decision"] == decision:
+                        break
                     time.sleep(0.01)
+                return time.perf_counter() - began  # 30 s or more: never seen
 
-            def lifecycle(brand: str) -> dict[str, float]:
+            def lifecycle(brand: str) -> dict[str, int]:
+                """Milliseconds from sending each change to the first screen that reflects it."""
                 body = {"kind": "keyword", "brand": brand, "patterns": [brand]}
                 ids: list[str] = []
                 title = f"new {brand} bag"
-                out = {"create": visible(lambda: ids.append(client.post("/v1/findings", json=body).json()["id"]),
-                                         "review", title)}  # fmt: skip
-                out["confirm"] = visible(lambda: client.post(f"/v1/findings/{ids[0]}/confirm", json={"reason": "b"}),
-                                         "hold", title)  # fmt: skip
-                out["dismiss"] = visible(lambda: client.post(f"/v1/findings/{ids[0]}/dismiss", json={"reason": "b"}),
-                                         "pass", title)  # fmt: skip
-                return {k: round(v * 1000) for k, v in out.items()}  # milliseconds
+                reason = {"reason": "bench"}
 
+                def create() -> None:
+                    ids.append(client.post("/v1/findings", json=body).json()["id"])
+
+                out = {"create": visible("create", create, "review", title)}
+                out["confirm"] = visible(
+                    "confirm", lambda: client.post(f"/v1/findings/{ids[0]}/confirm", json=reason), "hold", title
+                )
+                out["dismiss"] = visible(
+                    "dismiss", lambda: client.post(f"/v1/findings/{ids[0]}/dismiss", json=reason), "pass", title
+                )
+                return {k: round(v * 1000) for k, v in out.items()}
+
+            before_workers = memory("at start, the base built in the master before forking")
+            worst: list[int] = []
             print("change -> visible on POST /v1/screen, ms (target < 1000):")
-            print(f"  large base, no rebuild: {lifecycle('zorblatt')}")
+            before = lifecycle("zorblatt")
+            worst.extend(before.values())
+            print(f"  large base, no rebuild:  {before}  (of which the change's own request: {requests_ms})")
+
+            old_workers = children_of(server.pid)
             filler = [
                 FindingRule(f"fnd_fill{i:06d}", "listing", "Fill", "suspected", listing_ids=(f"l-{i}",))
                 for i in range(OVERLAY_FINDINGS_MAX + 1)
             ]
-            insert_findings(url, filler)  # over the overlay's bound: each worker starts a base rebuild
-            time.sleep(0.5)
+            inserted = time.time()
+            insert_findings(url, filler)  # over the overlay's bound: the master's next check builds a base
+            due = log.when("findings_master_base_due", 10)
+            during: list[dict[str, int]] = []
             slowest = 0.0
-            during = lifecycle("quintrel")
-            for title in titles[:200]:
-                began = time.perf_counter()
-                client.post("/v1/screen", json={"title": title}, headers={"Connection": "close"})
-                slowest = max(slowest, time.perf_counter() - began)
-            print(f"  during both workers' base rebuild: {during}; slowest of 200 screens then {slowest * 1000:.0f} ms")
-            time.sleep(3 + 40 * size / 1_000_000)  # let the rebuilds land (two at once on two cores)
-            print("after the workers' own base rebuild (its pages are private now):")
-            for i, pid in enumerate(workers, 1):
-                m = smaps(pid)
-                print(f"  worker {i}: RSS {m['rss']:.0f} MB, shared {m['shared']:.0f}, private {m['private']:.0f}")
+            screens = 0
+            deadline = time.perf_counter() + build_wait_s
+            while math.isnan(log.when("findings_master_base_built")) and time.perf_counter() < deadline:
+                during.append(lifecycle(f"quintrel{len(during)}"))
+                for title in titles[:50]:
+                    began = time.perf_counter()
+                    screen(title)
+                    slowest = max(slowest, time.perf_counter() - began)
+                    screens += 1
+            for values in during:
+                worst.extend(values.values())
+            built = log.when("findings_master_base_built")
+            print(f"  during the master's base build (due {due - inserted:.1f} s after the bulk insert, "
+                  f"built {built - due:.1f} s later): {during or 'none'}")  # fmt: skip
+            if not during:
+                print("    (the build ended before a lifecycle could start: run a larger SIZE to see one)")
+            print(f"    slowest of {screens} screens during the build: {slowest * 1000:.0f} ms")
+            rolled = log.when("findings_workers_rolled", build_wait_s)
+            while set(children_of(server.pid)) & set(old_workers) and time.time() < rolled + 30:
+                time.sleep(0.05)  # the retired workers finish their requests and exit
+            exited = time.time()
+            new_workers = children_of(server.pid)
+            replaced = not set(new_workers) & set(old_workers)
+            print(f"  roll: workers {old_workers} -> {new_workers} ({'all replaced' if replaced else 'NOT replaced'}); "
+                  f"fresh ones up {rolled - built:.1f} s after the build, old ones gone "
+                  f"{exited - rolled:.1f} s later")  # fmt: skip
+            after = lifecycle("vexmoral")
+            worst.extend(after.values())
+            print(f"  after the roll:          {after}  (of which the change's own request: {requests_ms})")
+            after_all = memory("after the roll, the new base built in the master")
+            after_workers, before_workers = after_all[1:], before_workers[1:]
+            rss_max = max(m["rss"] for m in after_all)
+            shared_ok = all(m["shared"] > m["private"] for m in after_workers)
+            worst_ms = max(worst)
+            print("targets:")
+            print(f"  change -> visible, worst of all phases: {worst_ms} ms (< 1000): "
+                  f"{'met' if worst_ms < 1000 else 'MISSED'}")  # fmt: skip
+            print(f"  largest RSS of master and workers after the roll: {rss_max:.0f} MB (<= {TARGET_RSS_MB:.0f}): "
+                  f"{'met' if rss_max <= TARGET_RSS_MB else 'MISSED'}")  # fmt: skip
+            private_after = ", ".join(f"{m['private']:.0f}" for m in after_workers)
+            private_before = ", ".join(f"{m['private']:.0f}" for m in before_workers)
+            verdict = "met" if shared_ok else "MISSED"
+            print(f"  each worker's memory shared rather than private after the roll: {verdict} "
+                  f"(private {private_after} MB; {private_before} MB at start)")  # fmt: skip
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)

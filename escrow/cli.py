@@ -55,8 +55,11 @@ def serve(
     """Serve the HTTP API (OpenAPI docs at /docs).
 
     With `--workers N` > 1 the app, and so the findings matcher (~370 MB and ~14 s at a
-    million patterns), is built once in a parent process that then forks the workers: they
+    million patterns), is built once in a gunicorn master that then forks the workers: they
     share its pages copy-on-write instead of each building and holding a matcher of its own.
+    The master also owns every later rebuild of the matcher's base and replaces the workers,
+    one at a time, by forks that share the new one (see escrow.api.prefork); the workers only
+    apply changes, so each change still shows on every worker within a poll.
     """
     _settings()  # refuse to start on a bad configuration before binding the port
     if workers == 1:
@@ -64,57 +67,10 @@ def serve(
 
         uvicorn.run("escrow.bootstrap:asgi", factory=True, host=host, port=port, log_level="warning")
         return
-    _serve_preforked(host, port, workers)
-
-
-PREFORK_GRACEFUL_TIMEOUT_S = 10  # SIGTERM: in-flight requests get this long to finish
-PREFORK_WORKER_TIMEOUT_S = 60  # a worker silent this long is restarted (a base rebuild holds the GIL in C for ~1 s)
-
-
-def _serve_preforked(host: str, port: int, workers: int) -> None:
-    """gunicorn with uvicorn workers and the app preloaded in the master (see `serve`).
-
-    What is made before the fork must not be shared after it: the engine's pooled connections
-    (the warm-up read the findings through them) are closed in the master before forking and
-    dropped unclosed in each child (`dispose(close=False)`, as SQLAlchemy advises for forks);
-    background loops (matcher refresh, audit sealing) start in each worker's lifespan, never in
-    the master. `gc.freeze()` keeps the collector from writing into the shared objects' headers.
-    """
-    import gc
-
-    from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]  # no type hints shipped
-
+    from escrow.api import prefork
     from escrow.bootstrap import asgi
 
-    application = asgi()
-    engine = application.state.components.engine
-    engine.dispose()  # the master serves nothing: no socket of its own survives into a child
-    gc.collect()
-    gc.freeze()
-
-    def post_fork(_server: object, _worker: object) -> None:
-        engine.dispose(close=False)
-
-    class Prefork(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
-        def load_config(self) -> None:
-            settings = {
-                "bind": f"{host}:{port}",
-                "workers": workers,
-                "worker_class": "uvicorn_worker.UvicornWorker",
-                "preload_app": True,
-                "post_fork": post_fork,
-                "graceful_timeout": PREFORK_GRACEFUL_TIMEOUT_S,
-                "timeout": PREFORK_WORKER_TIMEOUT_S,
-                "loglevel": "warning",
-                "accesslog": None,
-            }
-            for key, value in settings.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> object:
-            return application
-
-    Prefork().run()
+    prefork.serve(asgi(), host, port, workers)
 
 
 @app.command()

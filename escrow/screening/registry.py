@@ -19,8 +19,17 @@ The background loop (`run`) polls a cheap change marker every `interval_s`. When
 an expiry passed), it asks the source for every finding whose `updated_at` is at or after the
 base's `since` and recomputes the overlay: changes show within one poll, whatever the base's
 size. When the overlay grows past OVERLAY_FINDINGS_MAX findings or OVERLAY_PATTERNS_MAX
-patterns, or is older than OVERLAY_AGE_MAX_S, a new base is built in a background thread;
-polls keep applying changes to the old base meanwhile.
+patterns, or is older than OVERLAY_AGE_MAX_S, a new base is due. Who builds it depends on
+`rebuilds_base`:
+
+- True (one API process: `escrow serve`, tests): the loop builds it in a background thread;
+  polls keep applying changes to the old base meanwhile.
+- False (a pre-forked worker of `escrow serve --workers N`): never. A rebuild in a worker would
+  compete for the GIL with its requests, and its new base would be private memory where the
+  old one was shared with the sibling workers. The gunicorn master, which serves no request,
+  consults `base_due`, builds the base itself and replaces the workers by fresh forks that
+  share it (escrow.api.prefork). Until then the overlay may grow past its bounds: every change
+  still shows within one poll, each overlay round just costs more.
 
 Nothing is lost across a base rebuild: a new base takes its snapshot point from the clock
 BEFORE it reads the active findings, and its overlay covers every finding updated at or after
@@ -65,8 +74,8 @@ finding is created, at ~14 us a pattern (~0.3 s here), so it must stay small."""
 
 OVERLAY_AGE_MAX_S: Final = 3_600.0
 """A non-empty overlay older than this folds into a new base, so removed findings do not sit
-in the base's memory for ever. Rare on purpose: each base rebuild in a pre-forked worker turns
-the pages it shared with its siblings into private memory (see `escrow serve`)."""
+in the base's memory for ever. Rare on purpose: at a million patterns a base costs ~14 s of a
+core, and under `escrow serve --workers N` a replacement of every worker."""
 
 CHANGE_MARGIN: Final = timedelta(seconds=60)
 """How far before a base's snapshot point its overlay still looks for changes: longer than any
@@ -203,7 +212,11 @@ class MatcherRegistry:
     `now` is the service clock (`Clock.now`), which decides what has expired and stamps each
     base's snapshot point; `builder` is `Matcher.build` unless a test needs another (a slow
     one, to stand for a million patterns); `interval_s` is the poll interval of `run`; the
-    `overlay_*` bounds decide when the base is rebuilt.
+    `overlay_*` bounds decide when a base is due. With `rebuilds_base` False, only a forced
+    `refresh_now` builds a base, the very first one aside: the process that owns rebuilds
+    watches `base_due` and replaces this one (see the module docstring). It is an attribute,
+    not only an argument, because a pre-forked server switches the registry its app already
+    built before forking the workers.
     """
 
     def __init__(
@@ -217,6 +230,7 @@ class MatcherRegistry:
         overlay_patterns_max: int = OVERLAY_PATTERNS_MAX,
         overlay_age_max_s: float = OVERLAY_AGE_MAX_S,
         change_margin: timedelta = CHANGE_MARGIN,
+        rebuilds_base: bool = True,
     ) -> None:
         if not 0 < interval_s <= 60:
             raise ValueError("interval_s must be in (0, 60]")
@@ -228,6 +242,7 @@ class MatcherRegistry:
         self.overlay_patterns_max = overlay_patterns_max
         self.overlay_age_max_s = overlay_age_max_s
         self._margin = change_margin
+        self.rebuilds_base = rebuilds_base
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()  # serialises swaps; readers never take it (but the very first build)
         self._sequence = itertools.count(1)  # next() is atomic: bases may start on two threads
@@ -255,18 +270,26 @@ class MatcherRegistry:
         thread = self._rebuild
         return thread is not None and thread.is_alive()
 
+    def base_due(self) -> bool:
+        """Whether a new base is due for the snapshot in service: there is none yet, or its overlay
+        is over a bound or too old. False after a build that the builder refused, until a change
+        (rebuilding the same refused set would fail the same way). Reads nothing from the source."""
+        snapshot = self._snapshot
+        return snapshot is None or self._base_due(snapshot)
+
     # --- refreshing ------------------------------------------------------------------------
 
     def refresh_now(self, *, force: bool = False) -> bool:
         """Bring the snapshot up to date in this thread; returns whether a new one was swapped in.
 
-        Applies changes through the overlay; rebuilds the base here, synchronously, when it is
-        due or `force` (tests and tools; the loop rebuilds in the background instead). Raises
-        what the source or the builder raises; the snapshot in service stays in service.
+        Applies changes through the overlay; rebuilds the base here, synchronously, when `force`,
+        when there is no snapshot yet, or when one is due and this registry `rebuilds_base` (the
+        loop rebuilds in the background instead; a pre-forked master forces it). Raises what the
+        source or the builder raises; the snapshot in service stays in service.
         """
         with self._lock:
             snapshot = self._snapshot
-            if snapshot is None or force or self._base_due(snapshot):
+            if snapshot is None or force or (self.rebuilds_base and self._base_due(snapshot)):
                 try:
                     self._install(self._build_base())
                 except ValueError:
@@ -276,15 +299,17 @@ class MatcherRegistry:
             return self._apply_changes(snapshot)
 
     def poll(self) -> bool:
-        """One round of the loop: apply changes through the overlay now; start a base rebuild
-        in the background if one is due. Returns whether a new snapshot was swapped in."""
+        """One round of the loop: apply changes through the overlay now; if this registry
+        `rebuilds_base`, start a base rebuild in the background when one is due (otherwise the
+        overlay keeps growing until the owner of rebuilds replaces this process). Builds the first
+        snapshot here if there is none. Returns whether a new snapshot was swapped in."""
         with self._lock:
             snapshot = self._snapshot
             if snapshot is None:
                 self._install(self._build_base())
                 return True
             swapped = self._apply_changes(snapshot)
-            due = self._base_due(self._snapshot or snapshot)
+            due = self.rebuilds_base and self._base_due(self._snapshot or snapshot)
         if due and not self.rebuilding:
             self._rebuild = threading.Thread(target=self._rebuild_in_background, name="matcher-rebuild", daemon=True)
             self._rebuild.start()
