@@ -1,0 +1,37 @@
+"""Ids: the fast encoding must be exactly ULID's Crockford base32, and ids must sort by time."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from escrow.ids import encode_ulid, new_id
+
+CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def reference(value: int) -> str:
+    """The definition: 26 digits of 5 bits, most significant first."""
+    return "".join(CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_encoding_matches_the_definition(value: int) -> None:
+    assert encode_ulid(value) == reference(value)
+
+
+def test_edges() -> None:
+    assert encode_ulid(0) == "0" * 26
+    assert encode_ulid(2**128 - 1) == "7" + "z" * 25
+
+
+def test_shape_and_time_order() -> None:
+    first = new_id("ent")
+    time.sleep(0.002)
+    second = new_id("ent")
+    assert re.fullmatch(r"ent_[0-9a-hjkmnp-tv-z]{26}", first)
+    assert first < second
+    assert len({new_id("x") for _ in range(10_000)}) == 10_000
