@@ -21,13 +21,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import rfc8785
 from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from escrow.limits import AUDIT_SEAL_BATCH_MAX, REASON_CHARS_MAX
+from escrow.persistence.db import dumps_json
 from escrow.persistence.tables import audit_chain_head, audit_records
 
 GENESIS_HASH = "0" * 64
+_EXACT_INT_MAX = 2**53  # RFC 8785 writes numbers as IEEE doubles: integers are exact below this
 _VERIFY_BATCH = 2_000
 
 
@@ -85,7 +88,55 @@ def _digest(pos: int, prev: str, row: Any) -> str:
         "request_id": row.request_id,
         "data": row.data,
     }
-    return hashlib.sha256(rfc8785.dumps(payload)).hexdigest()
+    # The fields around `data` are strings, nulls and integers by the schema, so only
+    # `data` (free JSON) and the integers need checking: a tenth of the work per record.
+    plain = _orjson_canonical(row.data) and _orjson_canonical(row.seq) and _orjson_canonical(pos)
+    return hashlib.sha256(canonical_json(payload, known_plain=plain)).hexdigest()
+
+
+def canonical_json(value: Any, *, known_plain: bool = False) -> bytes:
+    """RFC 8785 canonical JSON of `value`.
+
+    The reference implementation (`rfc8785`) is pure Python and costs ~0.2 ms a record,
+    which made sealing a large share of each request's CPU. For the values audit records
+    hold (strings, safe integers, booleans, nulls, lists, objects with ASCII keys, whose
+    code-point order is RFC 8785's UTF-16 order) orjson with sorted keys writes the same
+    bytes (proved against the reference in tests); anything else (floats, integers beyond
+    2^53, other keys) goes to the reference. `known_plain`: the caller checked already.
+    """
+    if known_plain or _orjson_canonical(value):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return rfc8785.dumps(value)
+
+
+def _orjson_canonical(value: Any) -> bool:
+    """Whether orjson's sorted output of `value` is byte for byte RFC 8785's.
+
+    Plain loops and exact type checks: this runs over every sealed record.
+    """
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(-_EXACT_INT_MAX < value < _EXACT_INT_MAX)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() or not _orjson_canonical(item):
+                return False
+        return True
+    if kind is list:
+        for item in value:  # noqa: SIM110  # a loop, not all(generator): this is per record
+            if not _orjson_canonical(item):
+                return False
+        return True
+    return False
+
+
+_SEAL_SQL = (
+    "UPDATE audit_records SET chain_pos = s.b_pos, prev_hash = s.b_prev, hash = s.b_hash"
+    " FROM json_to_recordset(%s::json) AS s(b_seq bigint, b_pos bigint, b_prev text, b_hash text)"
+    " WHERE audit_records.seq = s.b_seq"
+)
 
 
 def seal(engine: Engine, batch: int = AUDIT_SEAL_BATCH_MAX) -> int:
@@ -106,14 +157,18 @@ def seal(engine: Engine, batch: int = AUDIT_SEAL_BATCH_MAX) -> int:
             digest = _digest(pos, prev, row)
             sealed.append({"b_seq": row.seq, "b_pos": pos, "b_prev": prev, "b_hash": digest})
             prev = digest
-        if sealed:
-            # One executemany (pipelined by the driver), not a round trip per record.
+        if sealed and conn.dialect.name == "postgresql":
+            # One statement fed one JSON document: an executemany is still a statement per
+            # record for the server to parse, plan and run.
+            conn.exec_driver_sql(_SEAL_SQL, (dumps_json(sealed),))
+        elif sealed:
             conn.execute(
                 update(audit_records)
                 .where(audit_records.c.seq == bindparam("b_seq"))
                 .values(chain_pos=bindparam("b_pos"), prev_hash=bindparam("b_prev"), hash=bindparam("b_hash")),
                 sealed,
             )
+        if sealed:
             conn.execute(update(audit_chain_head).where(audit_chain_head.c.id == 1).values(chain_pos=pos, hash=prev))
     return len(rows)
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from escrow.errors import InvalidCursor
+from escrow.persistence.db import dumps_json
 from escrow.persistence.tables import events, sequence_heads
 
 PUBLISH_BATCH_MAX = 5_000
@@ -42,6 +43,12 @@ def parse_event_id(value: str) -> int:
     return int(digits)
 
 
+_PUBLISH_SQL = (
+    "UPDATE events SET position = p.b_position"
+    " FROM json_to_recordset(%s::json) AS p(b_seq bigint, b_position bigint) WHERE events.seq = p.b_seq"
+)
+
+
 def publish(engine: Engine) -> int:
     """Give committed events their feed positions; returns how many were positioned."""
     with engine.begin() as conn:
@@ -56,11 +63,16 @@ def publish(engine: Engine) -> int:
             .all()
         )
         position = int(head)
-        if seqs:
+        numbered = [{"b_seq": seq, "b_position": position + i} for i, seq in enumerate(seqs, start=1)]
+        if seqs and conn.dialect.name == "postgresql":
+            # One statement fed one JSON document: an executemany is a statement per event.
+            conn.exec_driver_sql(_PUBLISH_SQL, (dumps_json(numbered),))
+        elif seqs:
             conn.execute(
                 update(events).where(events.c.seq == bindparam("b_seq")).values(position=bindparam("b_position")),
-                [{"b_seq": seq, "b_position": position + i} for i, seq in enumerate(seqs, start=1)],
+                numbered,
             )
+        if seqs:
             position += len(seqs)
             conn.execute(update(sequence_heads).where(sequence_heads.c.name == "events").values(position=position))
     return len(seqs)

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 
 metadata = MetaData(
@@ -120,6 +121,9 @@ ledger_balances = Table(
     CheckConstraint("NOT non_negative OR shard = 0", name="guarded_single_shard"),
 )
 
+_UNSEALED = text("chain_pos IS NULL")
+_UNPUBLISHED = text("position IS NULL")
+
 audit_records = Table(
     "audit_records",
     metadata,
@@ -137,6 +141,8 @@ audit_records = Table(
     Column("prev_hash", String(64), nullable=True),
     Column("hash", String(64), nullable=True),
     Index(None, "object_id"),
+    # The sealer's queue: without it, finding the unsealed records scans every sealed one.
+    Index("ix_audit_records_unsealed", "seq", postgresql_where=_UNSEALED, sqlite_where=_UNSEALED),
 )
 
 audit_chain_head = Table(
@@ -268,6 +274,8 @@ events = Table(
     Column("type", String(64), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("data", JSON(), nullable=False),
+    # The publisher's queue: without it, finding the unpositioned events scans every published one.
+    Index("ix_events_unpublished", "seq", postgresql_where=_UNPUBLISHED, sqlite_where=_UNPUBLISHED),
 )
 
 sequence_heads = Table(
