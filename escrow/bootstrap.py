@@ -13,6 +13,7 @@ from adapters.webhooks import verify
 from escrow.auth import Authenticator
 from escrow.outbox import Rails
 from escrow.persistence.db import make_engine
+from escrow.persistence.statements import SingleStatements
 from escrow.ports import (
     BankAccount,
     BankEvent,
@@ -139,6 +140,7 @@ def components(
         screener=FindingsScreener(registry, clock),
         background=[registry.run],
         rails=rails(settings),
+        statements=SingleStatements(engine.url, settings.db_pool_size) if engine.dialect.name == "postgresql" else None,
     )
     return parts
 

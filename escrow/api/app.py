@@ -21,6 +21,7 @@ from starlette.responses import Response
 from escrow import audit
 from escrow.api.context import RequestContext
 from escrow.api.deps import Components
+from escrow.api.intake import OrderIntake
 from escrow.api.problems import from_error, problem_body, problem_response
 from escrow.api.routers import audit as audit_routes
 from escrow.api.routers import events as event_routes
@@ -111,23 +112,38 @@ def create_app(parts: Components) -> FastAPI:
         stop.set()
         for thread in threads:
             thread.join(timeout=5)
+        if parts.statements is not None:
+            await parts.statements.aclose()
 
     app = FastAPI(
         title="Escrow interception service",
         version="1",
         description="Screens paid orders, holds infringing proceeds, refunds buyers first. See DESIGN.md.",
         lifespan=lifespan,
+        # Metrics are ours (Prometheus, see context.py); with no OpenTelemetry provider set up,
+        # FastAPI's own telemetry only costs a check of three providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.components = parts
-    app.add_middleware(RequestContext)
+    app.add_middleware(OrderIntake, parts=parts)
+    app.add_middleware(RequestContext)  # added last: the outermost, so it sees every request
     app.add_exception_handler(EscrowError, _on_escrow_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    for module in (system_routes, ledger_routes, audit_routes, seller_routes, order_routes, hold_routes, event_routes):
+    # Matched in this order, one route after another: checkout's hot paths first.
+    for module in (
+        order_routes,
+        hold_routes,
+        system_routes,
+        ledger_routes,
+        audit_routes,
+        seller_routes,
+        event_routes,
+        finding_routes,
+        payout_routes,
+        party_routes,
+        webhook_routes,
+        refund_routes,
+    ):
         app.include_router(module.router)
-    app.include_router(finding_routes.router)
-    app.include_router(payout_routes.router)
-    app.include_router(party_routes.router)
-    app.include_router(webhook_routes.router)
-    app.include_router(refund_routes.router)
     return app

@@ -9,6 +9,7 @@ one of the upload types) is refused with 415 before any endpoint parses it.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
@@ -33,6 +34,17 @@ LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+
+@functools.lru_cache(maxsize=1024)  # routes x methods x statuses: a bounded set
+def _count(method: str, route: str, status: int) -> Any:
+    """The labelled counter (`labels()` hashes and locks on every call; children never change)."""
+    return REQUESTS.labels(method, route, str(status))
+
+
+@functools.lru_cache(maxsize=512)
+def _latency(method: str, route: str) -> Any:
+    return LATENCY.labels(method, route)
 
 
 def _header(scope: Scope, name: bytes) -> str:
@@ -108,8 +120,8 @@ class RequestContext:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - started
-            REQUESTS.labels(scope["method"], template, str(status["code"])).inc()
-            LATENCY.labels(scope["method"], template).observe(elapsed)
+            _count(scope["method"], template, status["code"]).inc()
+            _latency(scope["method"], template).observe(elapsed)
             log.info(
                 "request_finished",
                 method=scope["method"],

@@ -27,7 +27,8 @@ from escrow.audit import Actor
 from escrow.auth import Authenticator, Principal, Role
 from escrow.errors import EscrowError, Forbidden, NotFound
 from escrow.outbox import Rails
-from escrow.persistence.db import transaction
+from escrow.persistence.db import single_statement, transaction
+from escrow.persistence.statements import SingleStatements
 from escrow.ports import Clock
 from escrow.service.screening import PassScreener, Screener
 from escrow.settings import Settings
@@ -57,11 +58,17 @@ class Components:
     authenticator: Authenticator
     screener: Screener = field(default_factory=PassScreener)
     rails: Rails | None = None  # bank and card rails, their readers and the account cipher
+    statements: SingleStatements | None = None  # PostgreSQL: the one-statement fast lane of intake
     background: list[Callable[[threading.Event], None]] = field(default_factory=list)
 
 
-def components(request: Request) -> Components:
+def parts_of(request: Request) -> Components:
     return request.app.state.components  # type: ignore[no-any-return]
+
+
+async def components(request: Request) -> Components:
+    """The dependency; async although it does no I/O: FastAPI runs a sync one in the thread pool."""
+    return parts_of(request)
 
 
 async def authenticated(request: Request) -> Principal:
@@ -70,7 +77,7 @@ async def authenticated(request: Request) -> Principal:
     Async on purpose: context bound here reaches the endpoint's worker thread, so every log
     line of the request names the principal. The lookup itself runs in the thread pool.
     """
-    auth = components(request).authenticator
+    auth = parts_of(request).authenticator
     header = request.headers.get("authorization")
     principal = auth.cached(header)
     if principal is None:
@@ -109,7 +116,7 @@ class Operation:
     def __init__(self, request: Request, principal: Principal) -> None:
         self.request = request
         self.principal = principal
-        self.parts = components(request)
+        self.parts = parts_of(request)
         self.actor = Actor(
             principal_id=principal.key_id,
             role=principal.role.value,
@@ -163,12 +170,31 @@ class Operation:
             raise
         return Response(encoded, status_code=status, media_type="application/json")
 
+    def run_statement(self, work: Callable[[Any, Actor, datetime], tuple[int, Any] | None]) -> Response | None:
+        """Try `work` as one autocommitted statement (PostgreSQL; see `single_statement`).
+
+        `work` gets the driver's connection. Returns None, having written nothing, when this
+        cannot answer: on SQLite, when an Idempotency-Key must be claimed and completed beside
+        the change (more statements), or when `work` itself returns None (say, the object
+        exists: a replay or conflict to decide in a transaction). The caller then uses `run`.
+        """
+        engine = self.parts.engine
+        if engine.dialect.name != "postgresql" or self.request.headers.get("idempotency-key") is not None:
+            return None
+        now = self.parts.clock.now()
+        outcome = single_statement(engine, lambda conn: work(conn, self.actor, now))
+        if outcome is None:
+            return None
+        status, result = outcome
+        return Response(dumps(result), status_code=status, media_type="application/json")
+
 
 def operation_for(*roles: Role) -> Callable[..., Any]:
     guard = require(*roles)
 
     # A default, not Annotated: `guard` is local, and string annotations resolve globally.
-    def dependency(request: Request, principal: Principal = Depends(guard)) -> Operation:  # noqa: B008
+    # Async although it does no I/O: a sync dependency costs a hop to the thread pool.
+    async def dependency(request: Request, principal: Principal = Depends(guard)) -> Operation:  # noqa: B008
         return Operation(request, principal)
 
     return dependency

@@ -39,5 +39,8 @@ def money_out(money: Money) -> dict[str, Any]:
     return money.to_wire()
 
 
-Reason = Annotated[StrictStr, Field(min_length=1, max_length=REASON_CHARS_MAX)]
+NO_NUL = r"^[^\x00]*$"
+"""Free text must not hold NUL: PostgreSQL text cannot store it, so it is invalid input (422), not a 500."""
+
+Reason = Annotated[StrictStr, Field(min_length=1, max_length=REASON_CHARS_MAX, pattern=NO_NUL)]
 ExternalId = Annotated[StrictStr, Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9_.\-]+$")]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,6 +56,7 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
             pool_size=pool_size,
             max_overflow=pool_size,
             json_serializer=dumps_json,
+            json_deserializer=orjson.loads,
         )
         _configure_sqlite(engine)
         return engine
@@ -63,6 +66,7 @@ def make_engine(url: str, *, pool_size: int = 20) -> Engine:
         max_overflow=pool_size,
         pool_recycle=1800,
         json_serializer=dumps_json,
+        json_deserializer=orjson.loads,
         # Plain READ COMMITTED: guards are row-locking conditional UPDATEs, not snapshots.
         isolation_level="READ COMMITTED",
     )
@@ -97,16 +101,83 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(raw, sqlite3.OperationalError) and "database is locked" in str(raw)
 
 
+_AUTOCOMMIT_POOL_SIZE = 8
+_autocommit_engines: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_autocommit_lock = threading.Lock()
+
+
+def _autocommit(engine: Engine) -> Engine:
+    """A pool of autocommit connections beside `engine`'s, disposed with it.
+
+    A pool of its own rather than `execution_options(isolation_level=...)` on the shared
+    one: switching a connection's mode on every checkout and back on every return costs
+    ~50 us a request, and a connection that never opens a transaction needs no reset.
+    """
+    found = _autocommit_engines.get(engine)
+    if found is not None:
+        return found
+    with _autocommit_lock:
+        found = _autocommit_engines.get(engine)
+        if found is None:
+            found = create_engine(
+                engine.url,
+                isolation_level="AUTOCOMMIT",
+                pool_size=_AUTOCOMMIT_POOL_SIZE,
+                max_overflow=_AUTOCOMMIT_POOL_SIZE,
+                pool_recycle=1800,
+                pool_reset_on_return=None,
+            )
+            _autocommit_engines[engine] = found
+
+            @event.listens_for(engine, "engine_disposed")
+            def _dispose_too(_: Engine) -> None:
+                # `dispose(close=False)` after a fork must not close the parent's sockets either.
+                sibling = _autocommit_engines.pop(engine, None)
+                if sibling is not None:
+                    sibling.dispose(close=False)
+
+        return found
+
+
+def single_statement(engine: Engine, work: Callable[[Any], T]) -> T:
+    """Run `work(dbapi_connection)`, which issues ONE writing statement, without BEGIN and COMMIT.
+
+    PostgreSQL runs a lone statement atomically, data-modifying CTEs included, so wrapping it
+    in a transaction only adds two round trips. `work` must not issue a second writing
+    statement: each would commit on its own. Reruns after a deadlock like `transaction`.
+    PostgreSQL only (SQLite needs BEGIN IMMEDIATE for its writer lock).
+    """
+    if engine.dialect.name != "postgresql":
+        raise ValueError("single_statement is for PostgreSQL; use transaction()")
+    return _with_retries(lambda: _run_on(_autocommit(engine), work))
+
+
+def _run_on(engine: Engine, work: Callable[[Any], T]) -> T:
+    pooled = engine.raw_connection()
+    try:
+        return work(pooled.dbapi_connection)
+    finally:
+        pooled.close()  # back to the pool
+
+
 def transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     """Run `work` in one transaction, rerunning it after a deadlock or serialization failure.
 
     `work` must only touch the database: it may run more than once, and only the last run
     commits. Bounded by LEDGER_RETRY_ATTEMPTS_MAX with jittered backoff.
     """
+    return _with_retries(lambda: _run_in_transaction(engine, work))
+
+
+def _run_in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+    with engine.begin() as conn:
+        return work(conn)
+
+
+def _with_retries(attempt_once: Callable[[], T]) -> T:
     for attempt in range(1, LEDGER_RETRY_ATTEMPTS_MAX + 1):
         try:
-            with engine.begin() as conn:
-                return work(conn)
+            return attempt_once()
         except Exception as exc:
             if attempt == LEDGER_RETRY_ATTEMPTS_MAX or not is_retryable(exc):
                 raise

@@ -117,6 +117,23 @@ class TestIntake:
         assert s.api.db.count("orders") == 3
         assert_conserved(s.api)
 
+    def test_any_text_survives_intake_and_control_characters_are_refused(self, s: Session) -> None:
+        """Titles travel to the database as JSON in a batch: quotes, backslashes, astral characters
+        and escapes come back exactly; a NUL, which no database text can hold, is a 422 (not a 500)."""
+        odd = 'Sac "vintage" \\ C:\\path {a,b} \u00e9\u2028\U0001f600 \\u0041 1\u6bd41'
+        single = s.call("checkout", "POST", "/v1/orders", an_order(1, title=odd))
+        assert single.status_code == 201 and single.json()["title"] == odd
+        batch = [an_order(2, title=odd), an_order(3, title="nul \x00 inside"), an_order(4, title=odd[::-1])]
+        results = s.call("checkout", "POST", "/v1/orders:batch", {"orders": batch}).json()["data"]
+        assert [r["status"] for r in results] == [201, 422, 201]
+        assert results[1]["problem"]["code"] == "validation_failed"
+        for n, title in ((2, odd), (4, odd[::-1])):
+            assert s.call("checkout", "GET", f"/v1/orders/o-{n}").json()["title"] == title
+        nul = s.call("checkout", "POST", "/v1/orders", an_order(5, title="nul \x00 inside"))
+        assert_problem(nul, 422, "validation_failed")
+        assert s.api.db.count("orders") == 3
+        assert_conserved(s.api)
+
     def test_batch_with_repeats_and_held_orders(self, s: Session) -> None:
         """An id twice in one batch is recorded once; orders that screening holds get their hold."""
         finding = {"kind": "keyword", "brand": "Zorblaxx", "patterns": ["zorblaxx"], "status": "confirmed"}

@@ -66,7 +66,8 @@ def test_release_confirm_and_expiry_race_on_one_order(pg_db: TestDB) -> None:
         results = run_together(
             lambda f=first: api.client.post(f"/v1/holds/{f}/release", json={"reason": "race"}, headers=staff),
             lambda s=second: api.client.post(
-                f"/v1/holds/{s}/release", json={"amount": {"amount": 1_000, "currency": "EUR"}, "reason": "race"},
+                f"/v1/holds/{s}/release",
+                json={"amount": {"amount": 1_000, "currency": "EUR"}, "reason": "race"},
                 headers=staff,
             ),
             lambda n=n: api.client.post(f"/v1/orders/o-{n}/confirm", headers=checkout),
@@ -131,3 +132,19 @@ def test_event_feed_never_skips_or_repeats_under_concurrent_writers(pg_db: TestD
     assert seen == sorted(seen)
     api.client.close()
     api.parts.engine.dispose()
+
+
+def test_one_order_posted_by_eight_clients_at_once_is_booked_once(pg_db: TestDB) -> None:
+    """The autocommitted one-statement intake: the unique order id lets exactly one insert through;
+    every other client gets the same order back as a replay, and the money is booked once."""
+    api = pg_api(pg_db)
+    checkout = api.key("checkout")
+    for n in range(5):
+        results = run_together(*[lambda n=n: api.client.post("/v1/orders", json=an_order(n), headers=checkout)] * 8)
+        statuses = sorted(r.status_code for r in results)
+        assert statuses == [200] * 7 + [201], [r.text for r in results]
+        bodies = [r.json() for r in results]
+        assert all(b == bodies[0] for b in bodies)
+    assert pg_db.count("journal_entries") == 5
+    assert pg_db.count("audit_records") == 5  # one per order
+    assert_conserved(api)

@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, Field, StrictStr
 from starlette.responses import Response
 
 from escrow.api.deps import Components, Operation, components, json_response, operation_for, require, visible
-from escrow.api.schemas import ExternalId, Reason, Strict
+from escrow.api.schemas import NO_NUL, ExternalId, Reason, Strict
 from escrow.auth import Principal, Role
 from escrow.limits import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX
 from escrow.screening.limits import BRAND_CHARS_MAX, IDS_PER_FINDING_MAX, PATTERNS_PER_FINDING_MAX, TITLE_CHARS_MAX
@@ -30,21 +30,23 @@ from escrow.service.findings import (
 router = APIRouter(prefix="/v1", tags=["findings"])
 
 READERS = (Role.IP_STAFF, Role.RIGHTS_HOLDER, Role.ADMIN)
-PartyId = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+PartyId = Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=NO_NUL)]
 FindingId = Annotated[str, Field(min_length=1, max_length=40)]
 
 
 class FindingIn(Strict):
     kind: Literal["keyword", "seller", "listing"]
-    brand: Annotated[StrictStr, Field(min_length=1, max_length=BRAND_CHARS_MAX)]
+    brand: Annotated[StrictStr, Field(min_length=1, max_length=BRAND_CHARS_MAX, pattern=NO_NUL)]
     # Pattern text is checked by the screening normaliser (escrow.service.findings), whose
     # messages say why a pattern cannot be screened for.
-    patterns: Annotated[list[StrictStr], Field(max_length=PATTERNS_PER_FINDING_MAX)] | None = None
+    patterns: (
+        Annotated[list[Annotated[StrictStr, Field(pattern=NO_NUL)]], Field(max_length=PATTERNS_PER_FINDING_MAX)] | None
+    ) = None
     seller_ids: Annotated[list[ExternalId], Field(max_length=IDS_PER_FINDING_MAX)] | None = None
     listing_ids: Annotated[list[ExternalId], Field(max_length=IDS_PER_FINDING_MAX)] | None = None
     status: Literal["suspected", "confirmed"] | None = None
     rights_holder_id: PartyId | None = None
-    jurisdiction: Annotated[StrictStr, Field(min_length=1, max_length=8)] | None = None
+    jurisdiction: Annotated[StrictStr, Field(min_length=1, max_length=8, pattern=NO_NUL)] | None = None
     severity: Literal["low", "medium", "high", "critical"] | None = None
     evidence_url: Annotated[StrictStr, Field(max_length=2000, pattern=r"^https?://\S+$")] | None = None
     expires_at: AwareDatetime | None = None
@@ -72,7 +74,7 @@ class ReasonIn(Strict):
 
 
 class ScreenIn(Strict):
-    title: Annotated[StrictStr, Field(min_length=1, max_length=TITLE_CHARS_MAX)]
+    title: Annotated[StrictStr, Field(min_length=1, max_length=TITLE_CHARS_MAX, pattern=NO_NUL)]
     seller_id: ExternalId | None = None
     listing_id: ExternalId | None = None
 

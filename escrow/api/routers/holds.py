@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from escrow.api.deps import Components, Operation, components, json_response, operation_for, require
 from escrow.api.routers.orders import STAFF
-from escrow.api.schemas import ExternalId, MoneyIn, Reason, Strict
+from escrow.api.schemas import NO_NUL, ExternalId, MoneyIn, Reason, Strict
 from escrow.auth import Principal, Role
 from escrow.limits import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX
 from escrow.persistence.tables import HOLD_STATUSES
@@ -19,7 +19,7 @@ from escrow.service.holds import contest_hold, extend_hold, get_hold, list_holds
 
 router = APIRouter(prefix="/v1/holds", tags=["holds"])
 HoldId = Annotated[StrictStr, Field(pattern=r"^hld_[0-9a-z]{26}$")]
-FindingId = Annotated[StrictStr, Field(min_length=1, max_length=40)]
+FindingId = Annotated[StrictStr, Field(min_length=1, max_length=40, pattern=NO_NUL)]
 
 
 class HoldIn(Strict):
@@ -41,7 +41,7 @@ class ExtendIn(Strict):
 
 
 class ContestIn(Strict):
-    statement: Annotated[StrictStr, Field(min_length=1, max_length=10_000)]
+    statement: Annotated[StrictStr, Field(min_length=1, max_length=10_000, pattern=NO_NUL)]
 
 
 @router.post("", status_code=201)

@@ -13,23 +13,31 @@ from starlette.responses import Response
 from escrow import idempotency
 from escrow.api.deps import Components, Operation, components, json_response, operation_for, require
 from escrow.api.problems import from_error, problem_body
-from escrow.api.schemas import ExternalId, MoneyIn, Reason, Strict
+from escrow.api.schemas import NO_NUL, ExternalId, MoneyIn, Reason, Strict
 from escrow.audit import Actor
 from escrow.auth import Principal, Role
 from escrow.errors import EscrowError
 from escrow.limits import BATCH_ORDERS_MAX
-from escrow.service.orders import NewOrder, confirm_order, get_order, record_order, record_orders_bulk
+from escrow.service.orders import (
+    NewOrder,
+    confirm_order,
+    get_order,
+    record_order,
+    record_orders_bulk,
+    record_passing_order,
+)
 from escrow.service.refunds import refund_order
 from escrow.service.screening import Screening
 
 router = APIRouter(prefix="/v1", tags=["orders"])
 log = structlog.get_logger(__name__)
+INTAKE_ROLES = frozenset({Role.CHECKOUT, Role.ADMIN})
 STAFF = (Role.CP_AGENT, Role.CP_SUPERVISOR, Role.IP_STAFF, Role.FINANCE, Role.LEGAL, Role.ADMIN)
 
 
 class PaymentIn(Strict):
     method: Literal["card", "bank_transfer"]
-    reference: Annotated[StrictStr, Field(min_length=1, max_length=140)]
+    reference: Annotated[StrictStr, Field(min_length=1, max_length=140, pattern=NO_NUL)]
 
 
 class OrderIn(Strict):
@@ -37,7 +45,7 @@ class OrderIn(Strict):
     buyer_id: ExternalId
     seller_id: ExternalId
     listing_id: ExternalId
-    title: Annotated[StrictStr, Field(min_length=1, max_length=1000)]
+    title: Annotated[StrictStr, Field(min_length=1, max_length=1000, pattern=NO_NUL)]
     amount: MoneyIn
     payment: PaymentIn
     jurisdiction: Annotated[StrictStr, Field(min_length=2, max_length=8, pattern=r"^[A-Z]{2,8}$")]
@@ -52,7 +60,7 @@ class RefundIn(Strict):
     reason: Reason
 
 
-def _new_order(body: OrderIn) -> NewOrder:
+def new_order(body: OrderIn) -> NewOrder:
     return NewOrder(
         order_id=body.order_id,
         buyer_id=body.buyer_id,
@@ -67,19 +75,26 @@ def _new_order(body: OrderIn) -> NewOrder:
     )
 
 
-def _screen(parts: Components, body: OrderIn) -> Screening:
+def screen(parts: Components, body: OrderIn) -> Screening:
     """Screen outside the order's transaction: matching is CPU work and must hold no lock."""
     return parts.screener.screen(body.title, body.seller_id, body.listing_id)
 
 
 @router.post("/orders", status_code=201)
-def create_order(
-    body: OrderIn, op: Annotated[Operation, Depends(operation_for(Role.CHECKOUT, Role.ADMIN))]
-) -> Response:
-    """Record a paid order and screen it; 201 new, 200 the same order again, 409 a different one."""
-    screening = _screen(op.parts, body)
+def create_order(body: OrderIn, op: Annotated[Operation, Depends(operation_for(*INTAKE_ROLES))]) -> Response:
+    """Record a paid order and screen it; 201 new, 200 the same order again, 409 a different one.
+
+    The common case is answered before routing by `escrow.api.intake` with the same
+    functions; whatever it passes on is answered here.
+    """
+    screening = screen(op.parts, body)
+    order = new_order(body)
+    if screening.decision == "pass":  # the common case: one round trip on PostgreSQL
+        done = op.run_statement(lambda conn, actor, now: record_passing_order(conn, actor, now, order, screening))
+        if done is not None:
+            return done
     policies = op.parts.settings.policies
-    return op.run(body, lambda conn, actor, now: record_order(conn, actor, now, _new_order(body), screening, policies))
+    return op.run(body, lambda conn, actor, now: record_order(conn, actor, now, order, screening, policies))
 
 
 def _invalid(index: int, raw: dict[str, Any], exc: ValidationError, request_id: str | None) -> dict[str, Any]:
@@ -95,9 +110,7 @@ def _invalid(index: int, raw: dict[str, Any], exc: ValidationError, request_id: 
 
 
 @router.post("/orders:batch")
-def create_orders(
-    body: BatchIn, op: Annotated[Operation, Depends(operation_for(Role.CHECKOUT, Role.ADMIN))]
-) -> Response:
+def create_orders(body: BatchIn, op: Annotated[Operation, Depends(operation_for(*INTAKE_ROLES))]) -> Response:
     """Up to BATCH_ORDERS_MAX orders; each one is recorded atomically and answered on its own."""
     request_id = op.actor.request_id
     prepared: list[tuple[int, OrderIn, Screening] | dict[str, Any]] = []
@@ -107,7 +120,7 @@ def create_orders(
         except ValidationError as exc:
             prepared.append(_invalid(index, raw, exc, request_id))
             continue
-        prepared.append((index, order, _screen(op.parts, order)))
+        prepared.append((index, order, screen(op.parts, order)))
     policies = op.parts.settings.policies
 
     def answer(index: int, order_id: str, outcome: tuple[int, dict[str, Any]] | EscrowError) -> dict[str, Any]:
@@ -121,7 +134,7 @@ def create_orders(
         savepoint = conn.begin_nested()  # each order atomic on its own
         try:
             outcome: tuple[int, dict[str, Any]] | EscrowError = record_order(
-                conn, actor, now, _new_order(order), screening, policies
+                conn, actor, now, new_order(order), screening, policies
             )
         except EscrowError as exc:
             savepoint.rollback()
@@ -137,7 +150,7 @@ def create_orders(
             savepoint = conn.begin_nested()
             try:
                 outcomes = record_orders_bulk(
-                    conn, actor, now, [(_new_order(order), screening) for _, order, screening in valid], policies
+                    conn, actor, now, [(new_order(order), screening) for _, order, screening in valid], policies
                 )
             except Exception:  # one bad order must not sink the batch: go one by one
                 savepoint.rollback()

@@ -9,7 +9,7 @@ from pydantic import Field, StrictStr
 from starlette.responses import Response
 
 from escrow.api.deps import Components, Operation, components, json_response, operation_for, require, visible
-from escrow.api.schemas import Strict
+from escrow.api.schemas import NO_NUL, Strict
 from escrow.auth import Principal, Role
 from escrow.outbox import Rails
 from escrow.service.payout_accounts import get_payout_account, put_payout_account
@@ -21,8 +21,8 @@ WHO = (Role.FINANCE, Role.ADMIN, Role.RIGHTS_HOLDER)
 
 class PayoutAccountIn(Strict):
     holder_name: Annotated[StrictStr, Field(min_length=1, max_length=140, pattern=r"^[^\x00-\x1f\x7f]+$")]
-    iban: Annotated[StrictStr, Field(min_length=5, max_length=64)]
-    bic: Annotated[StrictStr, Field(min_length=8, max_length=14)] | None = None
+    iban: Annotated[StrictStr, Field(min_length=5, max_length=64, pattern=NO_NUL)]
+    bic: Annotated[StrictStr, Field(min_length=8, max_length=14, pattern=NO_NUL)] | None = None
 
     def __repr__(self) -> str:  # never print a full account number
         return f"PayoutAccountIn(holder_name={self.holder_name!r}, iban='***', bic={self.bic!r})"

@@ -9,7 +9,7 @@ from pydantic import Field, StrictStr
 from starlette.responses import Response
 
 from escrow.api.deps import Components, Operation, components, json_response, operation_for, require
-from escrow.api.schemas import ExternalId, MoneyIn, Reason, Strict
+from escrow.api.schemas import NO_NUL, ExternalId, MoneyIn, Reason, Strict
 from escrow.auth import Principal, Role
 from escrow.limits import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX
 from escrow.service import advance_refunds as service
@@ -38,7 +38,7 @@ class RejectIn(Strict):
 
 class CardDestination(Strict):
     rail: Literal["card"]
-    payment_reference: Annotated[StrictStr, Field(min_length=1, max_length=140)]
+    payment_reference: Annotated[StrictStr, Field(min_length=1, max_length=140, pattern=NO_NUL)]
 
 
 class BankDestination(Strict):
@@ -60,7 +60,7 @@ class WriteOffIn(Strict):
 
 class TopUpIn(Strict):
     amount: MoneyIn
-    reference: Annotated[StrictStr, Field(min_length=1, max_length=140)]
+    reference: Annotated[StrictStr, Field(min_length=1, max_length=140, pattern=NO_NUL)]
     reason: Reason | None = None
 
 

@@ -9,7 +9,7 @@ from pydantic import Field, StrictInt, StrictStr
 from starlette.responses import Response
 
 from escrow.api.deps import Components, Operation, components, json_response, operation_for, require
-from escrow.api.schemas import ExternalId, MoneyIn, Reason, Strict
+from escrow.api.schemas import NO_NUL, ExternalId, MoneyIn, Reason, Strict
 from escrow.auth import Principal, Role
 from escrow.service.deposits import confiscate_deposit, record_deposit
 from escrow.service.sellers import freeze_seller, seller_view, unfreeze_seller
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1/sellers", tags=["sellers"])
 
 class DepositIn(Strict):
     amount: MoneyIn
-    reference: Annotated[StrictStr, Field(min_length=1, max_length=140)]
+    reference: Annotated[StrictStr, Field(min_length=1, max_length=140, pattern=NO_NUL)]
     reason: Reason | None = None
 
 

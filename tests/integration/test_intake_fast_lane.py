@@ -1,0 +1,124 @@
+"""The intake fast lane (PostgreSQL): same answers as the route, and a safe fallback on any failure."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from escrow import bootstrap
+from escrow.api.app import create_app
+from escrow.persistence.statements import NO_CONNECTION, SingleStatements
+from escrow.ports import ManualClock
+from escrow.settings import load_settings
+from tests.conftest import TestDB
+from tests.integration.checkout_support import an_order, assert_conserved
+from tests.integration.conftest import Api
+
+
+class Spy(SingleStatements):
+    """Counts statements; can fail before or after the statement ran, as a broken link would."""
+
+    def __init__(self, inner: SingleStatements) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.ran = 0
+        self.fail: str | None = None  # "before" | "after"
+
+    async def execute(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | object | None:
+        if self.fail == "before":
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        row = await super().execute(sql, params)
+        self.ran += 1
+        if self.fail == "after":
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return row
+
+
+@pytest.fixture
+def fast(pg_db: TestDB) -> Any:
+    settings = load_settings(database_url=pg_db.url, audit_seal_interval_ms=0, api_key_cache_ttl_ms=60_000)
+    parts = bootstrap.components(settings, clock=ManualClock(datetime(2026, 11, 29, 12, tzinfo=UTC)))
+    assert parts.statements is not None
+    spy = Spy(parts.statements)
+    parts.statements = spy
+    api = Api(TestClient(create_app(parts), raise_server_exceptions=False), parts, parts.clock, pg_db)  # type: ignore[arg-type]
+    checkout = api.key("checkout")
+    # The first request authenticates through the route and caches the key; the lane needs that.
+    assert api.client.post("/v1/orders", json=an_order("warm"), headers=checkout).status_code == 201
+    yield api, spy, checkout
+    api.client.close()
+    asyncio.run(spy.aclose())
+    parts.engine.dispose()
+
+
+def test_the_lane_answers_exactly_what_the_route_would(fast: Any) -> None:
+    api, spy, checkout = fast
+    first = api.client.post("/v1/orders", json=an_order(1), headers=checkout)
+    assert first.status_code == 201 and spy.ran == 1
+    assert first.headers["content-type"] == "application/json" and first.headers["x-request-id"]
+    again = api.client.post("/v1/orders", json=an_order(1), headers=checkout)  # a replay: the route answers
+    assert again.status_code == 200 and again.json() == first.json()
+    got = api.client.get("/v1/orders/o-1", headers=checkout).json()
+    assert got == first.json()
+    other = api.client.post("/v1/orders", json=an_order(1, title="Another title"), headers=checkout)
+    assert other.status_code == 409 and other.headers["content-type"] == "application/problem+json"
+    assert api.db.count("journal_entries") == 2  # the warm-up order and o-1, once each
+    assert_conserved(api)
+
+
+def test_what_the_lane_does_not_take_goes_to_the_route(fast: Any) -> None:
+    api, spy, checkout = fast
+    cases = [
+        ({"Idempotency-Key": "k-1"}, an_order(2), 201),  # needs the key's record: the route
+        ({}, {**an_order(3), "amount": {"amount": 1.5, "currency": "EUR"}}, 422),
+        ({}, b"{not json", 400),
+        ({"Authorization": "Bearer esk_key_0000000000000000_nope"}, an_order(4), 401),
+    ]
+    for extra, body, status in cases:
+        headers = {**checkout, **extra, "Content-Type": "application/json"}
+        content = body if isinstance(body, bytes) else None
+        response = api.client.post("/v1/orders", json=None if content else body, content=content, headers=headers)
+        assert response.status_code == status, response.text
+    staff = api.key("ip_staff")
+    assert api.client.post("/v1/orders", json=an_order(5), headers=staff).status_code == 403
+    assert spy.ran == 0
+    assert api.db.count("orders") == 2  # the warm-up order and the keyed one
+    assert_conserved(api)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_broken_connection_falls_back_and_books_the_order_once(fast: Any, when: str) -> None:
+    """Before: nothing ran, the route records the order (201). After: the statement committed and
+    only its answer was lost; the route finds the order and answers it as a replay (200)."""
+    api, spy, checkout = fast
+    spy.fail = when
+    response = api.client.post("/v1/orders", json=an_order(6), headers=checkout)
+    assert response.status_code == (201 if when == "before" else 200), response.text
+    assert response.json()["balances"]["escrowed"] == 10_000
+    assert api.db.count("journal_entries") == 2
+    assert_conserved(api)
+
+
+def test_a_full_lane_says_so_instead_of_waiting(pg_db: TestDB) -> None:
+    """With every connection busy, execute answers NO_CONNECTION at once; a dead one is replaced."""
+    lane = SingleStatements(pg_db.engine.url, size=1)
+
+    async def scenario() -> None:
+        slow = asyncio.create_task(lane.execute("SELECT pg_sleep(0.3), 1", ()))
+        await asyncio.sleep(0.1)
+        assert await lane.execute("SELECT 1", ()) is NO_CONNECTION
+        assert (await slow)[1] == 1  # type: ignore[index]
+        pid = (await lane.execute("SELECT pg_backend_pid()", ()))[0]  # type: ignore[index]
+        with psycopg.connect(pg_db.url.replace("+psycopg", ""), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            await lane.execute("SELECT 1", ())
+        assert await lane.execute("SELECT 2", ()) == (2,)
+        await lane.aclose()
+        assert await lane.execute("SELECT 3", ()) is NO_CONNECTION
+
+    asyncio.run(scenario())
