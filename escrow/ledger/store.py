@@ -99,6 +99,7 @@ class Ledger:
         self._dialect = conn.dialect.name
 
     def _cursor(self) -> Any:
+        # Looked up on each call, not cached: the Connection may reconnect between statements.
         return self._conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
     def _ts(self, when: datetime) -> Any:
@@ -123,7 +124,11 @@ class Ledger:
         for p in entry.postings:
             postings += (entry_id, p.account, p.amount.currency, p.amount.amount_minor, ts)
         # Sorted so every transaction locks balance rows in one global order: no deadlocks.
-        rows = sorted((account, currency, _shard(account), delta) for (account, currency), delta in entry.net.items())
+        rules = {account: rule_for(account) for account, _ in entry.net}
+        rows = sorted(
+            (account, currency, _pick_shard(rules[account].shards), delta)
+            for (account, currency), delta in entry.net.items()
+        )
         # A guarded *debit* is sent with non_negative = false: both databases check CHECK
         # constraints on the proposed row before they detect the conflict, so a negative
         # proposed balance would fail even though the row exists. On conflict the stored
@@ -133,7 +138,7 @@ class Ledger:
         balances: list[Any] = []
         guarded: set[str] = set()
         for account, currency, shard, delta in rows:
-            rule = rule_for(account)
+            rule = rules[account]
             if rule.non_negative:
                 guarded.add(account)
             balances += (account, currency, shard, delta, rule.non_negative and delta > 0)
@@ -282,7 +287,10 @@ def _sqlite_ts(when: datetime) -> str:
 
 
 def _shard(account: str) -> int:
-    shards = rule_for(account).shards
+    return _pick_shard(rule_for(account).shards)
+
+
+def _pick_shard(shards: int) -> int:
     # Any shard will do: the balance is their sum. Random spreads concurrent writers.
     return random.randrange(shards) if shards > 1 else 0  # noqa: S311  # load spreading, not crypto
 

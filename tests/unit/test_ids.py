@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 
 from hypothesis import given
@@ -34,4 +35,24 @@ def test_shape_and_time_order() -> None:
     second = new_id("ent")
     assert re.fullmatch(r"ent_[0-9a-hjkmnp-tv-z]{26}", first)
     assert first < second
-    assert len({new_id("x") for _ in range(10_000)}) == 10_000
+
+
+def test_ids_of_one_process_strictly_increase_even_within_a_millisecond() -> None:
+    ids = [new_id("x") for _ in range(20_000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_threads_never_share_an_id() -> None:
+    made: list[list[str]] = [[] for _ in range(8)]
+
+    def make(slot: list[str]) -> None:
+        slot.extend(new_id("x") for _ in range(5_000))
+
+    threads = [threading.Thread(target=make, args=(slot,)) for slot in made]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [i for slot in made for i in slot]
+    assert len(set(every)) == len(every) == 40_000
+    assert all(slot == sorted(slot) for slot in made)
