@@ -125,21 +125,6 @@ def decision(registry: MatcherRegistry, clock: ManualClock, title: str) -> dict[
     return {m.finding_id: status for m, status in found}
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
-def source(clock: ManualClock) -> MemorySource:
-    source = MemorySource(clock)
-    source.create("fnd_sus", "suspected", "gucci")
-    source.create("fnd_con", "confirmed", "rolex")
-    source.create("fnd_exp", "confirmed", "chanel", expires_at=T0 + timedelta(minutes=10))
-    source.create("fnd_base", "confirmed", "hermes")  # makes the base more than two findings
-    return source
-
-
 # What each change does, and what screening must say afterwards.
 def create(source: MemorySource, clock: ManualClock) -> tuple[str, dict[str, str]]:
     source.create("fnd_new", "suspected", "prada")

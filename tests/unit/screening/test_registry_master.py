@@ -18,25 +18,9 @@ from escrow.api.prefork import MasterMatcher
 from escrow.ports import ManualClock
 from escrow.screening import FindingRule, Matcher
 from escrow.screening.registry import ActiveFinding, MatcherRegistry
-from tests.unit.screening.test_registry import CHANGES, T0, GatedBuilder, MemorySource, decision
+from tests.unit.screening.test_registry import CHANGES, GatedBuilder, MemorySource, decision
 
 WORKERS = 2
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-@pytest.fixture
-def source(clock: ManualClock) -> MemorySource:
-    """The same four findings as test_registry's: a base of more than two findings."""
-    source = MemorySource(clock)
-    source.create("fnd_sus", "suspected", "gucci")
-    source.create("fnd_con", "confirmed", "rolex")
-    source.create("fnd_exp", "confirmed", "chanel", expires_at=T0 + timedelta(minutes=10))
-    source.create("fnd_base", "confirmed", "hermes")
-    return source
 
 
 class FakePool:
