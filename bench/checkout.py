@@ -131,9 +131,14 @@ class Server:
         r.raise_for_status()
         time.sleep(1.0)  # every worker's matcher picks the finding up within a second
 
+    def stop_api(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=20)
+
     def stop(self) -> None:
         for proc in (self.proc, self.worker):
-            proc.send_signal(signal.SIGTERM)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
         for proc in (self.proc, self.worker):
             proc.wait(timeout=20)
 
@@ -321,13 +326,16 @@ def main() -> None:
             at80 = max((s for s in steps if s["rate"] <= 0.8 * top["rate"]), key=lambda s: s["rate"], default=steps[0])
             poisson = paced(server, args.connections, args.seconds, 0.8 * top["rate"])
             batch = batch_rate(server)
+            server.stop_api()
+            # The worker keeps sealing and publishing what direct SQL inserts: the database's
+            # limit for the same work, on the same cores, beside the same background load.
+            direct = (
+                max(direct_sql(url, clients=args.connections, seconds=args.seconds) for _ in range(2))
+                if url.startswith("postgresql")
+                else None
+            )
         finally:
             server.stop()
-        direct = (
-            max(direct_sql(url, clients=args.connections, seconds=args.seconds) for _ in range(2))
-            if url.startswith("postgresql")
-            else None
-        )
         if url.startswith("postgresql"):
             drop_pg_database(args.pg, url)
         print(f"\n{label}: {args.workers} API workers, {args.connections} connections, {args.seconds}s runs, best of 2")

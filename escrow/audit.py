@@ -173,12 +173,19 @@ def seal(engine: Engine, batch: int = AUDIT_SEAL_BATCH_MAX) -> int:
     return len(rows)
 
 
-def seal_all(engine: Engine) -> int:
-    """Seal until nothing committed is left unsealed (bounded by what exists now)."""
+def seal_all(engine: Engine, batch: int = AUDIT_SEAL_BATCH_MAX) -> int:
+    """Seal until caught up: until a round finds fewer than `batch` records to seal.
+
+    Not "until none is left": under steady intake new records keep committing, and a loop
+    waiting for zero never returned (the worker spent all its time here and never reached
+    its other jobs). A short round means the chain had caught up with the commits.
+    """
     total = 0
-    while (n := seal(engine)) > 0:
+    while True:
+        n = seal(engine, batch)
         total += n
-    return total
+        if n < batch:
+            return total
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -93,6 +94,29 @@ class TestChain:
         result = audit.verify(db.engine)
         assert result.ok and result.sealed == 30 and result.unsealed == 0
         assert verify_cli(db)[0] == 0
+
+    def test_seal_all_returns_while_records_keep_coming(self, db: TestDB) -> None:
+        """Under steady intake there is always a newer record; the sealer must still return
+        (the worker has other jobs) once it has caught up, and the chain stays intact."""
+        stop = threading.Event()
+
+        def intake() -> None:
+            while not stop.is_set():
+                write_records(db, 3)
+
+        writer = threading.Thread(target=intake)
+        writer.start()
+        try:
+            time.sleep(0.2)
+            started = time.monotonic()
+            sealed = audit.seal_all(db.engine, batch=50)
+            assert sealed > 0 and time.monotonic() - started < 10
+        finally:
+            stop.set()
+            writer.join()
+        audit.seal_all(db.engine)
+        result = audit.verify(db.engine)
+        assert result.ok and result.unsealed == 0
 
     def test_sealed_records_cannot_be_changed_through_the_database(self, db: TestDB) -> None:
         """The trigger refuses UPDATE and DELETE of a sealed record, and content edits before sealing."""
