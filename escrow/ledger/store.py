@@ -320,8 +320,20 @@ def posting_statement(
     if any(delta < 0 and rule_for(account).non_negative for account, _, _, delta in rows):
         # A guarded debit needs the refused-row check of Ledger.post; this form is for inflows.
         raise ValueError("posting_statement takes entries without guarded debits; use Ledger.post")
-    legs = ", ".join(["(%s, %s, %s::bigint)"] * len(entry.postings))
-    moves = ", ".join(["(%s, %s, %s::smallint, %s::bigint, %s::boolean)"] * len(rows))
+    ctes = _posting_ctes(len(entry.postings), len(rows), driver, prefix)
+    params: list[Any] = [entry_id, entry.kind, now, entry.reverses, request_id, entry.memo, now]
+    for p in entry.postings:
+        params += (p.account, p.amount.currency, p.amount.amount_minor)
+    for account, currency, shard, delta in rows:
+        params += (account, currency, shard, delta, rule_for(account).non_negative and delta > 0)
+    return PostingStatement(ctes, tuple(params), len(rows), f"{prefix}_balances")
+
+
+@lru_cache(maxsize=64)
+def _posting_ctes(legs_count: int, moves_count: int, driver: str, prefix: str) -> tuple[str, ...]:
+    """The WITH members of `posting_statement`, built once per shape."""
+    legs = ", ".join(["(%s, %s, %s::bigint)"] * legs_count)
+    moves = ", ".join(["(%s, %s, %s::smallint, %s::bigint, %s::boolean)"] * moves_count)
     entry_cte = (
         f"{prefix}_entry AS (INSERT INTO journal_entries (id, kind, created_at, reverses_id, request_id, memo)"
         f" SELECT %s, %s, %s, %s, %s, %s FROM {driver} RETURNING id)"
@@ -339,9 +351,4 @@ def posting_statement(
         " WHERE NOT ledger_balances.non_negative OR ledger_balances.balance + excluded.balance >= 0"
         " RETURNING account, non_negative)"
     )
-    params: list[Any] = [entry_id, entry.kind, now, entry.reverses, request_id, entry.memo, now]
-    for p in entry.postings:
-        params += (p.account, p.amount.currency, p.amount.amount_minor)
-    for account, currency, shard, delta in rows:
-        params += (account, currency, shard, delta, rule_for(account).non_negative and delta > 0)
-    return PostingStatement((entry_cte, postings_cte, balances_cte), tuple(params), len(rows), f"{prefix}_balances")
+    return (entry_cte, postings_cte, balances_cte)

@@ -8,6 +8,7 @@ and WAL lets readers proceed meanwhile.
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import threading
@@ -128,13 +129,15 @@ def _autocommit(engine: Engine) -> Engine:
                 pool_reset_on_return=None,
             )
             _autocommit_engines[engine] = found
+            created_in = os.getpid()
 
             @event.listens_for(engine, "engine_disposed")
             def _dispose_too(_: Engine) -> None:
-                # `dispose(close=False)` after a fork must not close the parent's sockets either.
                 sibling = _autocommit_engines.pop(engine, None)
                 if sibling is not None:
-                    sibling.dispose(close=False)
+                    # In a forked child the sockets are the parent's: drop them unclosed,
+                    # as `dispose(close=False)` does for the main pool after a fork.
+                    sibling.dispose(close=os.getpid() == created_in)
 
         return found
 

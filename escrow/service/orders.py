@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, select, update
@@ -315,18 +316,7 @@ def intake_statement(actor: Actor, now: datetime, order: NewOrder, screening: Sc
     )
     audit_data = {"amount": order.amount.to_wire(), "seller_id": order.seller_id, "decision": screening.decision}
     event_data = {"order_id": order.order_id, "seller_id": order.seller_id, **screening.to_wire()}
-    sql = (
-        "WITH new_order AS (INSERT INTO orders (" + ", ".join(_ORDER_COLUMNS) + ") VALUES ("
-        + ", ".join(["%s"] * (len(_ORDER_COLUMNS) - 3)) + ", %s::json, %s, %s)"
-        " ON CONFLICT (order_id) DO NOTHING RETURNING order_id), "
-        + ", ".join(posting.ctes)
-        + ", audit AS (INSERT INTO audit_records"
-        " (occurred_at, actor, role, action, object_id, reason, request_id, data)"
-        " SELECT %s, %s, %s, 'order.recorded', %s, NULL, %s, %s::json FROM new_order)"
-        ", event AS (INSERT INTO events (type, created_at, data)"
-        " SELECT 'order.screened', %s, %s::json FROM new_order)"
-        f" SELECT (SELECT count(*) FROM new_order), (SELECT count(*) FROM {posting.balances_cte})"
-    )  # fmt: skip
+    sql = _intake_sql(posting.ctes, posting.balances_cte)
     params = (
         order.order_id, order.buyer_id, order.seller_id, order.listing_id, order.title, order.amount.currency,
         amount, order.payment_method, order.payment_reference, order.jurisdiction, "escrowed", amount, 0, 0, 0, 0,
@@ -336,6 +326,24 @@ def intake_statement(actor: Actor, now: datetime, order: NewOrder, screening: Sc
         now, dumps_json(event_data),
     )  # fmt: skip
     return IntakeStatement(sql, params, posting.balance_rows)
+
+
+@lru_cache(maxsize=16)
+def _intake_sql(posting_ctes: tuple[str, ...], balances_cte: str) -> str:
+    """The intake statement's text, built once per posting shape (the same text every order:
+    the driver then finds its prepared statement without reparsing a fresh string)."""
+    return (
+        "WITH new_order AS (INSERT INTO orders (" + ", ".join(_ORDER_COLUMNS) + ") VALUES ("
+        + ", ".join(["%s"] * (len(_ORDER_COLUMNS) - 3)) + ", %s::json, %s, %s)"
+        " ON CONFLICT (order_id) DO NOTHING RETURNING order_id), "
+        + ", ".join(posting_ctes)
+        + ", audit AS (INSERT INTO audit_records"
+        " (occurred_at, actor, role, action, object_id, reason, request_id, data)"
+        " SELECT %s, %s, %s, 'order.recorded', %s, NULL, %s, %s::json FROM new_order)"
+        ", event AS (INSERT INTO events (type, created_at, data)"
+        " SELECT 'order.screened', %s, %s::json FROM new_order)"
+        f" SELECT (SELECT count(*) FROM new_order), (SELECT count(*) FROM {balances_cte})"
+    )  # fmt: skip
 
 
 def passing_order_answer(
