@@ -21,6 +21,7 @@ from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from escrow.api.problems import PROBLEM_JSON, internal_error, problem_body
+from escrow.limits import REQUEST_BODY_BYTES_MAX
 
 log = structlog.get_logger("escrow.http")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -45,6 +46,11 @@ def _count(method: str, route: str, status: int) -> Any:
 @functools.lru_cache(maxsize=512)
 def _latency(method: str, route: str) -> Any:
     return LATENCY.labels(method, route)
+
+
+def _too_large(request_id: str) -> dict[str, Any]:
+    detail = f"the request body exceeds {REQUEST_BODY_BYTES_MAX} bytes"
+    return problem_body(413, "payload_too_large", "Payload too large", detail, request_id)
 
 
 def _header(scope: Scope, name: bytes) -> str:
@@ -81,7 +87,10 @@ class RequestContext:
         started = time.perf_counter()
         status: dict[str, Any] = {"code": 500, "sent": False}
 
-        async def send_with_id(message: Message) -> None:
+        received = 0
+        cut_off = False
+
+        async def emit(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 status["sent"] = True
@@ -89,7 +98,7 @@ class RequestContext:
             await send(message)
 
         async def send_problem(body: dict[str, Any]) -> None:
-            await send_with_id(
+            await emit(
                 {
                     "type": "http.response.start",
                     "status": body["status"],
@@ -98,9 +107,31 @@ class RequestContext:
             )
             await send({"type": "http.response.body", "body": orjson.dumps(body)})
 
+        async def send_with_id(message: Message) -> None:
+            if cut_off:  # whatever the app answers to a body cut off at the limit, it is a 413
+                if message["type"] == "http.response.start" and not status["sent"]:
+                    await send_problem(_too_large(request_id))
+                return
+            await emit(message)
+
+        async def limited() -> Message:
+            # A body without Content-Length is counted as it arrives; past the limit the app is
+            # told the client went away, so it stops reading, and the answer is a 413 problem.
+            nonlocal received, cut_off
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > REQUEST_BODY_BYTES_MAX:
+                    cut_off = True
+                    return {"type": "http.disconnect"}
+            return message
+
         try:
             media = _unsupported_media_type(scope)
-            if media is not None:
+            declared = _header(scope, b"content-length")
+            if declared.isdigit() and int(declared) > REQUEST_BODY_BYTES_MAX:
+                await send_problem(_too_large(request_id))
+            elif media is not None:
                 await send_problem(
                     problem_body(
                         415,
@@ -111,11 +142,15 @@ class RequestContext:
                     )
                 )
             else:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, limited, send_with_id)
         except Exception:
-            log.exception("request_failed", method=scope["method"], path=scope["path"])
-            if not status["sent"]:
-                await send_problem(internal_error(request_id))
+            if cut_off:  # the body outgrew the limit while being read: the app saw a disconnect
+                if not status["sent"]:
+                    await send_problem(_too_large(request_id))
+            else:
+                log.exception("request_failed", method=scope["method"], path=scope["path"])
+                if not status["sent"]:
+                    await send_problem(internal_error(request_id))
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"

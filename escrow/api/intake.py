@@ -28,6 +28,7 @@ from escrow.api.problems import PROBLEM_JSON, from_error
 from escrow.api.routers.orders import INTAKE_ROLES, OrderIn, new_order, screen
 from escrow.audit import Actor
 from escrow.errors import EscrowError, Unauthenticated
+from escrow.limits import INTAKE_FAST_BODY_BYTES_MAX
 from escrow.persistence.statements import NO_CONNECTION
 from escrow.service.orders import IntakeStatement, intake_statement, passing_order_answer
 
@@ -44,7 +45,13 @@ class OrderIntake:
         self.enabled = parts.statements is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not (self.enabled and scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == _PATH):
+        if not (
+            self.enabled
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] == _PATH
+            and _declared_small(scope)
+        ):
             await self.app(scope, receive, send)
             return
         body, more = await _read_body(receive)
@@ -118,6 +125,15 @@ class OrderIntake:
             return None
         inserted, moved = row if isinstance(row, tuple) else (0, 0)
         return int(inserted), int(moved)
+
+
+def _declared_small(scope: Scope) -> bool:
+    """Whether the body declares a length the lane may buffer; any other body (chunked, or
+    large) goes straight to the route, whose body limit applies as it reads."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.isdigit() and int(value) <= INTAKE_FAST_BODY_BYTES_MAX
+    return False
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, Message | None]:

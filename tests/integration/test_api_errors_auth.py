@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import structlog
 from escrow.api.deps import visible
 from escrow.auth import Principal, Role
 from escrow.errors import NotFound
+from escrow.limits import REQUEST_BODY_BYTES_MAX
 from escrow.logs import configure
 from tests.integration.conftest import Api
 
@@ -107,6 +109,27 @@ class TestProblems:
         )
         assert_problem(response, 400, "malformed_json")
         assert api.db.counts()["journal_entries"] == before["journal_entries"]
+
+    def test_an_oversized_body_is_413_and_writes_nothing(self, api: Api) -> None:
+        """Bodies are capped (REQUEST_BODY_BYTES_MAX): no request can make a process buffer without bound."""
+        checkout = api.key("checkout")
+        order = {"order_id": "o-big", "buyer_id": "b", "seller_id": "s", "listing_id": "l", "title": "t",
+                 "amount": {"amount": 100, "currency": "EUR"}, "payment": {"method": "card", "reference": "p"},
+                 "jurisdiction": "EU"}  # fmt: skip
+        padded = json.dumps(order).encode()[:-1] + b" " * REQUEST_BODY_BYTES_MAX + b"}"
+        for path, body in (("/v1/orders", padded), ("/v1/orders:batch", b'{"orders": [' + padded + b"]}")):
+            response = api.client.post(path, content=body, headers={**checkout, "Content-Type": "application/json"})
+            assert_problem(response, 413, "payload_too_large")
+
+        def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            yield padded[: len(padded) // 2]
+            yield padded[len(padded) // 2 :]
+
+        response = api.client.post(
+            "/v1/orders", content=chunked(), headers={**checkout, "Content-Type": "application/json"}
+        )
+        assert_problem(response, 413, "payload_too_large")
+        assert api.db.count("orders") == 0 and api.db.count("journal_entries") == 0
 
     def test_non_json_body_is_415(self, api: Api) -> None:
         response = api.client.post(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,8 +86,12 @@ def test_what_the_lane_does_not_take_goes_to_the_route(fast: Any) -> None:
         assert response.status_code == status, response.text
     staff = api.key("ip_staff")
     assert api.client.post("/v1/orders", json=an_order(5), headers=staff).status_code == 403
+    # A body over the lane's buffer (valid JSON, padded) is read by the route, under its limit.
+    padded = json.dumps(an_order(6)).encode()[:-1] + b" " * 70_000 + b"}"
+    large = api.client.post("/v1/orders", content=padded, headers={**checkout, "Content-Type": "application/json"})
+    assert large.status_code == 201, large.text
     assert spy.ran == 0
-    assert api.db.count("orders") == 2  # the warm-up order and the keyed one
+    assert api.db.count("orders") == 3  # the warm-up order, the keyed one and the padded one
     assert_conserved(api)
 
 
