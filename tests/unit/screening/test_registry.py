@@ -125,6 +125,14 @@ def decision(registry: MatcherRegistry, clock: ManualClock, title: str) -> dict[
     return {m.finding_id: status for m, status in found}
 
 
+def refuses_many(rules: Iterable[FindingRule]) -> Matcher:
+    """A builder that refuses more than four findings: a refusal no single finding explains."""
+    rules = list(rules)
+    if len(rules) > 4:
+        raise ValueError("more than 4 findings")
+    return Matcher.build(rules)
+
+
 # What each change does, and what screening must say afterwards.
 def create(source: MemorySource, clock: ManualClock) -> tuple[str, dict[str, str]]:
     source.create("fnd_new", "suspected", "prada")
@@ -355,12 +363,6 @@ class TestBaseRebuild:
         self, source: MemorySource, clock: ManualClock
     ) -> None:
         """A refusal no single finding explains (too many patterns in all) keeps the snapshot in service."""
-
-        def refuses_many(rules: Iterable[FindingRule]) -> Matcher:
-            rules = list(rules)
-            if len(rules) > 4:
-                raise ValueError("more than 4 findings")
-            return Matcher.build(rules)
 
         registry = MatcherRegistry(source, clock.now, builder=refuses_many)
         served = registry.current()

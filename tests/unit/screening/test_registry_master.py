@@ -18,7 +18,7 @@ from escrow.api.prefork import MasterMatcher
 from escrow.ports import ManualClock
 from escrow.screening import FindingRule, Matcher
 from escrow.screening.registry import ActiveFinding, MatcherRegistry
-from tests.unit.screening.test_registry import CHANGES, GatedBuilder, MemorySource, decision
+from tests.unit.screening.test_registry import CHANGES, GatedBuilder, MemorySource, decision, refuses_many
 
 WORKERS = 2
 
@@ -134,12 +134,6 @@ class TestNoRebuildMode:
         self, source: MemorySource, clock: ManualClock
     ) -> None:
         """No snapshot yet is due; a set the builder refuses is not due again until something changes."""
-
-        def refuses_many(rules: Iterable[FindingRule]) -> Matcher:
-            rules = list(rules)
-            if len(rules) > 4:
-                raise ValueError("more than 4 findings")
-            return Matcher.build(rules)
 
         registry = MatcherRegistry(source, clock.now, builder=refuses_many, overlay_findings_max=0, rebuilds_base=False)
         assert registry.base_due() is True
