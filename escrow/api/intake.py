@@ -18,7 +18,6 @@ endpoint's behaviour, its errors and its OpenAPI entry.
 from __future__ import annotations
 
 import orjson
-import psycopg
 import structlog
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,7 +28,7 @@ from escrow.api.routers.orders import INTAKE_ROLES, OrderIn, new_order, screen
 from escrow.audit import Actor
 from escrow.errors import EscrowError, Unauthenticated
 from escrow.limits import INTAKE_FAST_BODY_BYTES_MAX
-from escrow.persistence.statements import NO_CONNECTION
+from escrow.persistence.statements import NO_CONNECTION, StatementFailed
 from escrow.service.orders import IntakeStatement, intake_statement, passing_order_answer
 
 _PATH = "/v1/orders"
@@ -118,8 +117,8 @@ class OrderIntake:
             return None
         try:
             row = await statements.execute(statement.sql, statement.params)
-        except psycopg.Error as exc:
-            log.warning("intake_fast_lane_failed", error=type(exc).__name__)
+        except StatementFailed as exc:
+            log.warning("intake_fast_lane_failed", error=str(exc))
             return None
         if row is NO_CONNECTION:
             return None

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from escrow import bootstrap
 from escrow.api.app import create_app
-from escrow.persistence.statements import NO_CONNECTION, SingleStatements
+from escrow.persistence.statements import NO_CONNECTION, SingleStatements, StatementFailed, numbered
 from escrow.ports import ManualClock
 from escrow.settings import load_settings
 from tests.conftest import TestDB
@@ -31,11 +31,11 @@ class Spy(SingleStatements):
 
     async def execute(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | object | None:
         if self.fail == "before":
-            raise psycopg.OperationalError("server closed the connection unexpectedly")
+            raise StatementFailed("ConnectionDoesNotExistError")
         row = await super().execute(sql, params)
         self.ran += 1
         if self.fail == "after":
-            raise psycopg.OperationalError("server closed the connection unexpectedly")
+            raise StatementFailed("ConnectionDoesNotExistError")
         return row
 
 
@@ -120,10 +120,30 @@ def test_a_full_lane_says_so_instead_of_waiting(pg_db: TestDB) -> None:
         pid = (await lane.execute("SELECT pg_backend_pid()", ()))[0]  # type: ignore[index]
         with psycopg.connect(pg_db.url.replace("+psycopg", ""), autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(StatementFailed):
             await lane.execute("SELECT 1", ())
         assert await lane.execute("SELECT 2", ()) == (2,)
         await lane.aclose()
         assert await lane.execute("SELECT 3", ()) is NO_CONNECTION
 
     asyncio.run(scenario())
+
+
+def test_a_connection_serves_only_the_loop_that_opened_it(pg_db: TestDB) -> None:
+    """A test client runs each request on a loop of its own: one that ended leaves no connection behind."""
+    lane = SingleStatements(pg_db.engine.url, size=1)
+    pids = [asyncio.run(lane.execute("SELECT pg_backend_pid()", ()))[0] for _ in range(3)]  # type: ignore[index]
+    assert len(set(pids)) == 3  # a fresh connection for every loop, and the one slot was freed each time
+
+    async def same_loop() -> list[int]:
+        found = [(await lane.execute("SELECT pg_backend_pid()", ()))[0] for _ in range(3)]  # type: ignore[index]
+        await lane.aclose()
+        return found
+
+    assert len(set(asyncio.run(same_loop()))) == 1  # within one loop the connection is reused
+
+
+def test_statements_keep_psycopg_placeholders() -> None:
+    assert numbered("SELECT %s, %s::json WHERE a LIKE 'x%%'") == "SELECT $1, $2::json WHERE a LIKE 'x%'"
+    with pytest.raises(ValueError, match="lone %"):
+        numbered("SELECT 5 % 2")
