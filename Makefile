@@ -41,7 +41,8 @@ test: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check escrow tests bench migrations
+	$(BIN)/ruff check escrow adapters simulators tests bench migrations
+	$(BIN)/ruff format --check escrow adapters simulators tests bench migrations
 	$(BIN)/mypy escrow
 
 bench: install

@@ -105,9 +105,7 @@ def make_harness(**overrides: Any) -> Harness:
     return Harness(client, clock, sender, sleeps, config)
 
 
-def sepa_pain001(
-    payments: list[dict[str, Any]], schema: str = "pain.001.001.03", currency: str = "EUR"
-) -> bytes:
+def sepa_pain001(payments: list[dict[str, Any]], schema: str = "pain.001.001.03", currency: str = "EUR") -> bytes:
     """A pain.001 exactly as the `sepaxml` library writes it (amounts in cents)."""
     transfer = SepaTransfer(
         {

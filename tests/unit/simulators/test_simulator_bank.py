@@ -54,9 +54,7 @@ class TestCreditTransferAcceptance:
     def test_conflicting_replay_is_409_and_changes_nothing(self, sim: Harness) -> None:
         """The same EndToEndId with another amount is refused with 409, the whole message."""
         sim.post_pain001(sepa_pain001([a_payment("pay_1")]))
-        response = sim.post_pain001(
-            sepa_pain001([a_payment("pay_2"), a_payment("pay_1", amount=2000)])
-        )
+        response = sim.post_pain001(sepa_pain001([a_payment("pay_2"), a_payment("pay_1", amount=2000)]))
         assert response.status_code == 409
         assert response.json()["code"] == "end_to_end_id_conflict"
         assert set(bank_transfers(sim)) == {"pay_1"}
@@ -67,14 +65,12 @@ class TestCreditTransferAcceptance:
             (b"<Document><unclosed>", "malformed_xml"),
             (b"not xml at all", "malformed_xml"),
             (
-                b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-                b"<d>&x;</d>",
+                b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]><d>&x;</d>',
                 "malformed_xml",
             ),
             (b'<Document xmlns="urn:other"/>', "unsupported_message"),
             (
-                b'<Document xmlns="urn:iso:std:iso:20022:tech:xsd:pain.001.001.03">'
-                b"<CstmrCdtTrfInitn/></Document>",
+                b'<Document xmlns="urn:iso:std:iso:20022:tech:xsd:pain.001.001.03"><CstmrCdtTrfInitn/></Document>',
                 "schema_invalid",
             ),
         ],
@@ -235,9 +231,7 @@ class TestReturns:
         assert early.status_code == 409
         sim.advance(60)
         sim.tick()
-        response = sim.client.post(
-            "/control/bank/returns", json={"end_to_end_id": "pay_1", "reason_code": "MD07"}
-        )
+        response = sim.client.post("/control/bank/returns", json={"end_to_end_id": "pay_1", "reason_code": "MD07"})
         assert response.status_code == 200
         assert response.json()["return_reason"] == "MD07"
         sim.tick()
@@ -304,12 +298,8 @@ class TestStatements:
         opening, closing = stmt.iterfind("c53:Bal", NS)
         assert opening.find("c53:Amt", NS).text == "19.99"
         assert closing.find("c53:Amt", NS).text == "24.99"
-        assert [
-            e.findtext(".//c53:EndToEndId", namespaces=NS) for e in stmt.iterfind("c53:Ntry", NS)
-        ] == ["pay_2"]
-        ranged = sim.client.get(
-            "/bank/v1/statements", params={"from": "2026-03-02", "to": "2026-03-03"}
-        )
+        assert [e.findtext(".//c53:EndToEndId", namespaces=NS) for e in stmt.iterfind("c53:Ntry", NS)] == ["pay_2"]
+        ranged = sim.client.get("/bank/v1/statements", params={"from": "2026-03-02", "to": "2026-03-03"})
         assert ranged.content.count(b"<Ntry>") == 2
 
     def test_statement_needs_a_date(self, sim: Harness) -> None:

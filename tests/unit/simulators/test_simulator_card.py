@@ -12,9 +12,7 @@ from standardwebhooks import Webhook
 from tests.unit.simulators.builders import CARD_URL, SECRET, Harness
 
 
-def refund_body(
-    refund_id: str = "ref_1", amount: int | dict[str, Any] = 1999, **overrides: Any
-) -> dict[str, Any]:
+def refund_body(refund_id: str = "ref_1", amount: int | dict[str, Any] = 1999, **overrides: Any) -> dict[str, Any]:
     """A refund request body; an int amount is in EUR cents, a dict is sent as is."""
     money = amount if isinstance(amount, dict) else {"amount": amount, "currency": "EUR"}
     body: dict[str, Any] = {

@@ -116,9 +116,7 @@ class TestStandalone:
 
     def test_cli_builds_webhook_urls_from_the_base(self) -> None:
         """--webhook-url is a base: the bank and card rails get their own path under it."""
-        args = parse_args(
-            ["--webhook-url", "http://127.0.0.1:8000/v1/webhooks/", "--webhook-secret", "whsec_x"]
-        )
+        args = parse_args(["--webhook-url", "http://127.0.0.1:8000/v1/webhooks/", "--webhook-secret", "whsec_x"])
         config = config_from_args(args)
         assert config.bank_webhook_url == "http://127.0.0.1:8000/v1/webhooks/bank"
         assert config.card_webhook_url == "http://127.0.0.1:8000/v1/webhooks/card"
@@ -174,10 +172,6 @@ class TestIndependence:
                     names = [alias.name for alias in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                     names = [node.module]
-                offenders += [
-                    f"{path.name}: {name}"
-                    for name in names
-                    if name.split(".")[0] in {"escrow", "adapters"}
-                ]
+                offenders += [f"{path.name}: {name}" for name in names if name.split(".")[0] in {"escrow", "adapters"}]
         assert offenders == []
         assert len(list(SIMULATORS_DIR.rglob("*.py"))) > 5

@@ -135,17 +135,13 @@ class TestFailuresBeforeExecution:
                 times=None,
                 probability=0.5,
             )
-            runs.append(
-                [sim.client.get("/bank/v1/credit-transfers/x").status_code for _ in range(20)]
-            )
+            runs.append([sim.client.get("/bank/v1/credit-transfers/x").status_code for _ in range(20)])
         assert runs[0] == runs[1]
         assert {503, 404} == set(runs[0])
 
     def test_rule_for_the_wrong_kind_of_operation_is_422(self, sim: Harness) -> None:
         """A callback fault on a request operation (or the reverse) is refused."""
-        response = sim.client.post(
-            "/control/faults", json={"operation": "card.refund", "fault": "duplicate"}
-        )
+        response = sim.client.post("/control/faults", json={"operation": "card.refund", "fault": "duplicate"})
         assert response.status_code == 422
         assert response.json()["code"] == "validation_error"
 
@@ -198,9 +194,7 @@ class TestCallbackFaults:
         sim.client.post("/card/v1/refunds", json=body, headers={"Idempotency-Key": "k"})
         sim.advance(30)
         sim.tick()
-        types = [
-            Webhook(SECRET).verify(r.body, r.headers)["type"] for r in sim.callbacks_of(CARD_URL)
-        ]
+        types = [Webhook(SECRET).verify(r.body, r.headers)["type"] for r in sim.callbacks_of(CARD_URL)]
         assert types == ["chargeback.created", "refund.succeeded"]
 
     def test_out_of_order_rule_reverses_a_batch(self, sim: Harness) -> None:
