@@ -23,10 +23,10 @@ from typing import Any
 
 import orjson
 import rfc8785
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, select, update
 
 from escrow.limits import AUDIT_SEAL_BATCH_MAX, REASON_CHARS_MAX
-from escrow.persistence.db import dumps_json
+from escrow.persistence.db import dumps_json, scan_in_index_order
 from escrow.persistence.tables import audit_chain_head, audit_records
 
 GENESIS_HASH = "0" * 64
@@ -139,6 +139,11 @@ _SEAL_SQL = (
 )
 
 
+def unsealed_query(batch: int) -> Select[Any]:
+    """The oldest `batch` committed records not yet in the chain (read through ix_audit_records_unsealed)."""
+    return select(audit_records).where(audit_records.c.chain_pos.is_(None)).order_by(audit_records.c.seq).limit(batch)
+
+
 def seal(engine: Engine, batch: int = AUDIT_SEAL_BATCH_MAX) -> int:
     """Chain up to `batch` committed, unsealed records; returns how many were sealed."""
     with engine.begin() as conn:
@@ -147,9 +152,8 @@ def seal(engine: Engine, batch: int = AUDIT_SEAL_BATCH_MAX) -> int:
             .where(audit_chain_head.c.id == 1)
             .with_for_update()
         ).one()
-        rows = conn.execute(
-            select(audit_records).where(audit_records.c.chain_pos.is_(None)).order_by(audit_records.c.seq).limit(batch)
-        ).all()
+        scan_in_index_order(conn)
+        rows = conn.execute(unsealed_query(batch)).all()
         pos, prev = int(head.chain_pos), str(head.hash)
         sealed = []
         for row in rows:

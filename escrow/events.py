@@ -12,10 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, select, update
 
 from escrow.errors import InvalidCursor
-from escrow.persistence.db import dumps_json
+from escrow.persistence.db import dumps_json, scan_in_index_order
 from escrow.persistence.tables import events, sequence_heads
 
 PUBLISH_BATCH_MAX = 5_000
@@ -49,19 +49,19 @@ _PUBLISH_SQL = (
 )
 
 
+def unpublished_query(batch: int) -> Select[Any]:
+    """The oldest `batch` committed events without a feed position (read through ix_events_unpublished)."""
+    return select(events.c.seq).where(events.c.position.is_(None)).order_by(events.c.seq).limit(batch)
+
+
 def publish(engine: Engine) -> int:
     """Give committed events their feed positions; returns how many were positioned."""
     with engine.begin() as conn:
         head = conn.execute(
             select(sequence_heads.c.position).where(sequence_heads.c.name == "events").with_for_update()
         ).scalar_one()
-        seqs = (
-            conn.execute(
-                select(events.c.seq).where(events.c.position.is_(None)).order_by(events.c.seq).limit(PUBLISH_BATCH_MAX)
-            )
-            .scalars()
-            .all()
-        )
+        scan_in_index_order(conn)
+        seqs = conn.execute(unpublished_query(PUBLISH_BATCH_MAX)).scalars().all()
         position = int(head)
         numbered = [{"b_seq": seq, "b_position": position + i} for i, seq in enumerate(seqs, start=1)]
         if seqs and conn.dialect.name == "postgresql":

@@ -91,6 +91,20 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
 
 
+def scan_in_index_order(conn: Connection) -> None:
+    """Make the rest of this PostgreSQL transaction read partial indexes as plain index scans.
+
+    The sealer and the publisher look for the few rows still unsealed or unpositioned
+    through partial indexes. Each row they update leaves a dead entry in that index until
+    VACUUM runs. A bitmap scan (the planner's pick for a "few rows" estimate) visits the
+    heap page of every dead entry on every round; an index scan marks the dead entries it
+    meets as such, so the next round skips them without touching the heap. Measured with
+    55,000 dead entries: 9-10 ms a round as bitmap scans, 1 ms as index scans.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True for deadlocks and serialization failures, which a rerun of the transaction cures.
 

@@ -183,13 +183,17 @@ def _pay_out_seller(conn: Connection, seller_id: str, currency: str, now: dateti
 def sweep(engine: Engine, now: datetime, *, batch: int = SWEEP_BATCH_MAX) -> int:
     """Pay out every payable seller balance that can be paid; returns how many payouts were created."""
     with engine.connect() as conn:
+        # Driven from the payout accounts, each looked up by its exact balance key: a LIKE on
+        # the account name cannot use the index under a non-C collation, and scanned every
+        # balance row (one per order) on every worker round.
         candidates = conn.execute(
             select(ledger_balances.c.account, ledger_balances.c.currency)
+            .select_from(payout_accounts)
             .join(
-                payout_accounts,
+                ledger_balances,
                 ledger_balances.c.account == literal("seller:").concat(payout_accounts.c.party_id).concat(":payable"),
             )
-            .where(ledger_balances.c.account.like("seller:%:payable"), ledger_balances.c.balance > 0)
+            .where(ledger_balances.c.balance > 0)
             .group_by(ledger_balances.c.account, ledger_balances.c.currency)
             .limit(batch)
         ).all()
