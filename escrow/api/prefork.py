@@ -45,6 +45,7 @@ import structlog
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]  # no type hints shipped
 from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
 
+from escrow.api.balance import AcceptGate, BalancedWorker
 from escrow.screening.registry import MatcherRegistry
 from escrow.service.findings import FindingsScreener
 
@@ -286,13 +287,15 @@ def serve(application: FastAPI, host: str, port: int, workers: int) -> None:
     gc.freeze()  # keeps the workers' collections from writing into the shared objects' headers
     master = MasterMatcher(registry, after_read=engine.dispose) if registry is not None else None
 
+    BalancedWorker.gate = AcceptGate()  # before any fork: every worker shares its table
+
     def post_fork(_server: object, _worker: object) -> None:
         engine.dispose(close=False)
 
     options: dict[str, object] = {
         "bind": f"{host}:{port}",
         "workers": workers,
-        "worker_class": "uvicorn_worker.UvicornWorker",
+        "worker_class": "escrow.api.balance.BalancedWorker",
         "preload_app": True,
         "post_fork": post_fork,
         "graceful_timeout": PREFORK_GRACEFUL_TIMEOUT_S,

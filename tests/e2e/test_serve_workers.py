@@ -109,3 +109,43 @@ def test_two_preforked_workers_see_a_new_finding(
     assert proc.wait(timeout=30) == 0
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def _established_per_worker(workers: list[int], port: int) -> dict[int, int]:
+    """How many of the server's established connections each worker holds (from /proc)."""
+    served: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # local port, ESTABLISHED
+                served.add(fields[9])  # the socket's inode
+    held = {}
+    for pid in workers:
+        links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir() if fd.is_symlink()]
+        held[pid] = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in served)
+    return held
+
+
+def test_connections_opened_together_are_spread_over_the_workers(
+    server: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """Keep-alive connections opened at once (a client pool starting) end up on both workers,
+    not all on the one that woke first."""
+    base, proc = server
+    port = int(base.rsplit(":", 1)[1])
+    deadline = time.monotonic() + READY_S
+    while len(workers := children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # both workers past start-up and accepting
+    connections = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+    try:
+        for conn in connections:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        for conn in connections:
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200"), "every connection was served"
+        held = _established_per_worker(workers, port)
+    finally:
+        for conn in connections:
+            conn.close()
+    assert sum(held.values()) == 8, held
+    assert min(held.values()) >= 3, held  # an even split is 4:4; first-waker-takes-all gave 8:0 or 7:1
