@@ -10,7 +10,8 @@ upsert two balance rows (guarded). Workloads:
               unsharded design would do
 
 Prints transfers/s for 1, 4 and 16 concurrent clients (the two sides take turns within a
-cell), the ledger/raw ratio (target >= 0.7) and hot/spread at 16 clients (target >= 0.8).
+cell, best of ROUNDS), the ledger/raw ratio (target >= 0.7) and hot/spread at 16 clients
+(target >= 0.8).
 
     .venv/bin/python bench/ledger.py [--transfers 4000] [--pg postgresql://postgres@127.0.0.1:5432/test] [--no-sqlite]
 """
@@ -42,6 +43,7 @@ from escrow.persistence.db import make_engine
 
 ORDERS = 2_000
 CLIENTS = (1, 4, 16)
+ROUNDS = 5
 NOW = datetime(2026, 11, 29, tzinfo=UTC)
 FUNDING = 10**12
 
@@ -188,15 +190,17 @@ class RawClient:
 
 
 def measure(clients: int, transfers: int, sides: dict[str, Callable[[random.Random, int], None]]) -> dict[str, float]:
-    """Each side's best of three runs after a warm-up, the sides taking turns.
+    """Each side's best of ROUNDS runs after a warm-up, the sides taking turns.
 
     Taking turns matters: the tables grow and WAL checkpoints come and go during a cell, so
-    running one side's rounds before the other's would hand the drift to one of them.
+    running one side's rounds before the other's would hand the drift to one of them. Five
+    rounds rather than three: on a shared virtual machine a stall of a few hundred ms can
+    spoil a whole sub-second run, and three rounds sometimes left one side none clean.
     """
     for one in sides.values():
         run_clients(clients, max(clients * 50, transfers // 8), one)
     best = dict.fromkeys(sides, 0.0)
-    for _ in range(3):
+    for _ in range(ROUNDS):
         for side, one in sides.items():
             best[side] = max(best[side], run_clients(clients, transfers, one))
     return best
