@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from escrow.errors import InvalidInput, UnbalancedEntry
@@ -36,18 +35,22 @@ class Entry:
     net: dict[tuple[str, str], int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.kind or len(self.kind) > ENTRY_KIND_CHARS_MAX:
-            raise InvalidInput("entry kind must be 1-64 characters")
-        if not 2 <= len(self.postings) <= POSTINGS_PER_ENTRY_MAX:
+        _check_kind(self.kind)
+        postings = self.postings
+        if not 2 <= len(postings) <= POSTINGS_PER_ENTRY_MAX:
             raise InvalidInput(f"an entry has 2 to {POSTINGS_PER_ENTRY_MAX} postings")
-        per_currency: dict[str, int] = defaultdict(int)
-        net: dict[tuple[str, str], int] = defaultdict(int)
-        for posting in self.postings:
-            validate_account(posting.account)
-            if posting.amount.amount_minor == 0:
+        # Plain dicts and locals: every order, hold and release builds entries.
+        per_currency: dict[str, int] = {}
+        net: dict[tuple[str, str], int] = {}
+        for posting in postings:
+            account = validate_account(posting.account)
+            amount = posting.amount
+            minor, currency = amount.amount_minor, amount.currency
+            if minor == 0:
                 raise InvalidInput("a posting moves a non-zero amount")
-            per_currency[posting.amount.currency] += posting.amount.amount_minor
-            net[(posting.account, posting.amount.currency)] += posting.amount.amount_minor
+            per_currency[currency] = per_currency.get(currency, 0) + minor
+            key = (account, currency)
+            net[key] = net.get(key, 0) + minor
         unbalanced = {c: s for c, s in per_currency.items() if s != 0}
         if unbalanced:
             raise UnbalancedEntry(
@@ -68,7 +71,32 @@ class Entry:
 
 
 def transfer(kind: str, source: str, destination: str, amount: Money, memo: str | None = None) -> Entry:
-    """The common two-leg entry: `amount` leaves `source` and arrives in `destination`."""
+    """The common two-leg entry: `amount` leaves `source` and arrives in `destination`.
+
+    Built directly rather than through `Entry`'s general checks: two opposite legs of one
+    positive amount balance by construction, so only the names need checking, and this
+    runs for every order, hold and release. A transfer from an account to itself moves
+    nothing and is refused.
+    """
     if amount.amount_minor <= 0:
         raise InvalidInput("a transfer moves a positive amount")
-    return Entry(kind, (Posting(source, -amount), Posting(destination, amount)), memo=memo)
+    _check_kind(kind)
+    validate_account(source)
+    if validate_account(destination) == source:
+        raise InvalidInput(f"a transfer needs two different accounts, got {source!r} twice")
+    entry = object.__new__(Entry)
+    for name, value in (
+        ("kind", kind),
+        ("postings", (Posting(source, -amount), Posting(destination, amount))),
+        ("memo", memo),
+        ("reverses", None),
+    ):
+        object.__setattr__(entry, name, value)
+    currency, minor = amount.currency, amount.amount_minor
+    object.__setattr__(entry, "net", {(source, currency): -minor, (destination, currency): minor})
+    return entry
+
+
+def _check_kind(kind: str) -> None:
+    if not kind or len(kind) > ENTRY_KIND_CHARS_MAX:
+        raise InvalidInput("entry kind must be 1-64 characters")

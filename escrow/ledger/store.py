@@ -18,11 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 
-from escrow.errors import IllegalTransition, InsufficientFunds, NotFound
+from escrow.errors import IllegalTransition, InsufficientFunds, InvalidInput, NotFound
 from escrow.ids import new_id
 from escrow.ledger.chart import rule_for, validate_account
 from escrow.ledger.entries import Entry, Posting
@@ -40,11 +40,15 @@ class PostedEntry:
     reverses: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedEntry:
-    """An entry turned into statement parameters (see `Ledger.prepare`)."""
+class PreparedEntry(NamedTuple):
+    """An entry turned into statements and their parameters (see `Ledger.prepare`).
+
+    A named tuple, not a dataclass: built for every posted entry, and a tuple is made in C.
+    """
 
     posted: PostedEntry
+    sql_postings: str
+    sql_balances: str
     head: tuple[Any, ...]
     postings: tuple[Any, ...]
     rows: tuple[tuple[str, str, int, int], ...]
@@ -97,6 +101,7 @@ class Ledger:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._dialect = conn.dialect.name
+        self._sql_entry = _sql(self._dialect, "entry")
 
     def _cursor(self) -> Any:
         # Looked up on each call, not cached: the Connection may reconnect between statements.
@@ -118,33 +123,44 @@ class Ledger:
         Callers that hold a write lock while posting (SQLite's single writer above all) may
         prepare before they open the transaction, so the lock covers only the statements.
         """
+        if not entry.net:
+            raise InvalidInput("an entry must move money: its postings cancel out on every account")
         entry_id = entry_id or new_id("ent")
         ts = self._ts(now)
         postings: list[Any] = []
         for p in entry.postings:
             postings += (entry_id, p.account, p.amount.currency, p.amount.amount_minor, ts)
-        # Sorted so every transaction locks balance rows in one global order: no deadlocks.
-        rules = {account: rule_for(account) for account, _ in entry.net}
-        rows = sorted(
-            (account, currency, _pick_shard(rules[account].shards), delta)
-            for (account, currency), delta in entry.net.items()
-        )
         # A guarded *debit* is sent with non_negative = false: both databases check CHECK
         # constraints on the proposed row before they detect the conflict, so a negative
         # proposed balance would fail even though the row exists. On conflict the stored
         # row's own flag (true) drives the guard in the WHERE. If instead the row was
         # inserted, the account never held money: the returned flag is false and the
         # entry is refused (the caller's rollback removes the row).
+        rows: list[tuple[str, str, int, int]] = []
         balances: list[Any] = []
-        guarded: set[str] = set()
-        for account, currency, shard, delta in rows:
-            rule = rules[account]
+        guarded: list[str] = []
+        # Sorted so every transaction locks balance rows in one global order: no deadlocks.
+        # (account, currency) is unique in `net`, so the shard never decides the order.
+        for (account, currency), delta in sorted(entry.net.items()):
+            rule = rule_for(account)
+            shard = _pick_shard(rule.shards)
+            rows.append((account, currency, shard, delta))
             if rule.non_negative:
-                guarded.add(account)
-            balances += (account, currency, shard, delta, rule.non_negative and delta > 0)
-        head = (entry_id, entry.kind, ts, entry.reverses, request_id, entry.memo)
-        posted = PostedEntry(entry_id, entry.kind, now, entry.postings, entry.reverses)
-        return PreparedEntry(posted, head, tuple(postings), tuple(rows), tuple(balances), frozenset(guarded))
+                guarded.append(account)
+                balances += (account, currency, shard, delta, delta > 0)
+            else:
+                balances += (account, currency, shard, delta, False)
+        d = self._dialect
+        return PreparedEntry(
+            PostedEntry(entry_id, entry.kind, now, entry.postings, entry.reverses),
+            _sql(d, "postings", len(entry.postings)),
+            _sql(d, "balances", len(rows)),
+            (entry_id, entry.kind, ts, entry.reverses, request_id, entry.memo),
+            tuple(postings),
+            tuple(rows),
+            tuple(balances),
+            frozenset(guarded),
+        )
 
     def post(
         self,
@@ -163,12 +179,11 @@ class Ledger:
             if now is None:
                 raise TypeError("post(entry) needs now=")
             entry = self.prepare(entry, now=now, request_id=request_id, entry_id=entry_id)
-        d = self._dialect
         cur = self._cursor()
         try:
-            cur.execute(_sql(d, "entry"), entry.head)
-            cur.execute(_sql(d, "postings", len(entry.postings) // 5), entry.postings)
-            cur.execute(_sql(d, "balances", len(entry.rows)), entry.balances)
+            cur.execute(self._sql_entry, entry.head)
+            cur.execute(entry.sql_postings, entry.postings)
+            cur.execute(entry.sql_balances, entry.balances)
             moved = {(r[0], r[1], r[2]) for r in cur.fetchall() if r[3] or r[0] not in entry.guarded}
             if len(moved) != len(entry.rows):
                 raise self._insufficient(list(entry.rows), moved)

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from escrow.errors import IllegalTransition, InsufficientFunds, UnbalancedEntry
+from escrow.errors import IllegalTransition, InsufficientFunds, InvalidInput, UnbalancedEntry
 from escrow.ledger import Entry, Ledger, Posting, transfer
 from escrow.limits import HOT_ACCOUNT_SHARDS
 from escrow.money import Money
@@ -66,6 +66,13 @@ class TestPosting:
         before = db.counts()
         with pytest.raises(UnbalancedEntry):
             post(db, Entry("x", (Posting("a:1", eur(-1)), Posting("b:1", eur(2)))), now)
+        assert db.counts() == before
+
+    def test_entry_that_moves_nothing_writes_nothing(self, db: TestDB, now: datetime) -> None:
+        """Legs that cancel out on every account are refused as bad input, not sent as empty SQL."""
+        before = db.counts()
+        with pytest.raises(InvalidInput, match="cancel out"):
+            post(db, Entry("x", (Posting("a:1", eur(-1)), Posting("a:1", eur(1)))), now)
         assert db.counts() == before
 
     def test_guarded_account_never_goes_negative(self, db: TestDB, now: datetime) -> None:

@@ -53,6 +53,30 @@ class TestEntry:
         with pytest.raises(InvalidInput):
             transfer("x", name, "b:1", eur(1))
 
+    @pytest.mark.parametrize(
+        "source, destination, amount",
+        [("order:1:escrow", "order:1:held", 500), ("clearing:card", "seller:s-1:payable", 10**15)],
+    )
+    def test_transfer_equals_the_general_entry(self, source: str, destination: str, amount: int) -> None:
+        """`transfer` takes a shortcut past Entry's checks; what it builds must be the same entry."""
+        fast = transfer("hold", source, destination, eur(amount), memo="m")
+        general = Entry("hold", (Posting(source, eur(-amount)), Posting(destination, eur(amount))), memo="m")
+        assert fast == general
+        assert fast.net == general.net
+        assert fast.reverses is None
+        assert fast.postings[0].amount == Money(-amount, "EUR")
+
+    @pytest.mark.parametrize("kind", ["", "k" * 65])
+    def test_transfer_checks_the_kind(self, kind: str) -> None:
+        """The shortcut keeps the kind's bounds."""
+        with pytest.raises(InvalidInput):
+            transfer(kind, "order:1:escrow", "order:1:held", eur(1))
+
+    def test_transfer_to_the_same_account_is_refused(self) -> None:
+        """It would move nothing; refused before it reaches the ledger."""
+        with pytest.raises(InvalidInput, match="two different accounts"):
+            transfer("x", "order:1:escrow", "order:1:escrow", eur(1))
+
     def test_reversal_negates_every_leg(self) -> None:
         """A reversal moves the same amounts the other way and names the original."""
         entry = transfer("hold", "order:1:escrow", "order:1:held", eur(500))

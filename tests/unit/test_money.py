@@ -86,3 +86,12 @@ class TestAllocate:
     def test_remainder_goes_to_largest_fraction_first(self) -> None:
         """100 split 1:1:1 gives 34/33/33 — the remainder to the earliest tie."""
         assert allocate(100, [1, 1, 1]) == [34, 33, 33]
+
+
+@pytest.mark.parametrize("amount", [1, -1, AMOUNT_MINOR_MAX, -AMOUNT_MINOR_MAX])
+def test_negation_is_an_ordinary_money(amount: int) -> None:
+    """Negation skips the checks (a valid amount negated is valid); the value must not differ."""
+    negated = -Money(amount, "JPY")
+    assert negated == Money(-amount, "JPY")
+    assert type(negated.amount_minor) is int
+    assert hash(negated) == hash(Money(-amount, "JPY"))
