@@ -8,6 +8,8 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from escrow import audit
+from escrow.audit import SYSTEM
 from escrow.errors import IllegalTransition, InsufficientFunds, InvalidInput, UnbalancedEntry
 from escrow.ledger import Entry, Ledger, Posting, transfer
 from escrow.limits import HOT_ACCOUNT_SHARDS
@@ -163,6 +165,27 @@ class TestAppendOnly:
             conn.execute(text(statement))
         assert balance(db, "order:o1:escrow") == 1000
         assert db.count("postings") == 2
+
+    @pytest.mark.parametrize(
+        "statement",
+        [
+            "TRUNCATE postings",
+            "TRUNCATE journal_entries CASCADE",
+            "TRUNCATE audit_records",
+            "TRUNCATE ledger_balances, postings, journal_entries",
+        ],
+    )
+    def test_postgres_refuses_truncate_of_the_books(self, pg_db: TestDB, now: datetime, statement: str) -> None:
+        """TRUNCATE fires no row trigger; a statement trigger refuses it (SQLite has no TRUNCATE)."""
+        post(pg_db, transfer("order_paid", "clearing:card", "order:o1:escrow", eur(1000)), now)
+        with pg_db.engine.begin() as conn:
+            audit.record(conn, SYSTEM, "test.recorded", "o1", now=now)
+        with pytest.raises(Exception, match=r"append-only table .*: TRUNCATE refused"), pg_db.engine.begin() as conn:
+            conn.execute(text(statement))
+        assert pg_db.count("postings") == 2
+        assert pg_db.count("journal_entries") == 1
+        assert pg_db.count("audit_records") == 1
+        assert_books_sound(pg_db)
 
     def test_orm_refuses_update_and_delete(self, db: TestDB, now: datetime) -> None:
         """The ORM mapping of postings refuses to flush a change or a deletion."""
