@@ -85,10 +85,14 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # Straight to the driver: this runs once per transaction on the hot path.
-        conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+    # BEGIN IMMEDIATE through the dialect's own hook rather than a "begin" event listener:
+    # any connection-event listener makes SQLAlchemy dispatch events on every begin, commit
+    # and statement of this engine, which cost ~1.6 us of a ~100 us ledger transaction.
+    engine.dialect.do_begin = _begin_immediate  # type: ignore[method-assign]
+
+
+def _begin_immediate(dbapi_connection: Any) -> None:
+    dbapi_connection.execute("BEGIN IMMEDIATE")
 
 
 def scan_in_index_order(conn: Connection) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -14,6 +16,8 @@ from escrow.errors import IllegalTransition, InsufficientFunds, InvalidInput, Un
 from escrow.ledger import Entry, Ledger, Posting, transfer
 from escrow.limits import HOT_ACCOUNT_SHARDS
 from escrow.money import Money
+from escrow.persistence import migrate
+from escrow.persistence.db import make_engine
 from escrow.persistence.orm import AppendOnlyViolation, PostingRecord
 from tests.conftest import TestDB
 
@@ -200,3 +204,33 @@ class TestAppendOnly:
             with pytest.raises(AppendOnlyViolation):
                 session.flush()
         assert_books_sound(db)
+
+
+class TestSqliteWriterLock:
+    def test_a_transaction_holds_the_write_lock_from_its_start(self, tmp_path: Path, now: datetime) -> None:
+        """SQLite transactions begin IMMEDIATE: the writer lock is taken before the first read.
+
+        A transaction that read first and took the lock at its first write could fail halfway
+        ("database is locked") after acting on what it read; this one waits at its start
+        instead. A second writer is kept out until the first commits, and is let in after.
+        """
+        path = tmp_path / "lock.db"
+        migrate.upgrade(f"sqlite:///{path}")
+        engine = make_engine(f"sqlite:///{path}")
+        other = sqlite3.connect(path, isolation_level=None, timeout=0.05)
+        try:
+            with engine.begin() as conn:
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")
+                Ledger(conn).post(transfer("order_paid", "clearing:card", "order:o1:escrow", eur(1000)), now=now)
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            with engine.begin() as conn:
+                assert Ledger(conn).balance("order:o1:escrow", "EUR") == 1000
+                savepoint = conn.begin_nested()
+                Ledger(conn).post(transfer("hold", "order:o1:escrow", "order:o1:held", eur(300)), now=now)
+                savepoint.rollback()
+                assert Ledger(conn).balance("order:o1:held", "EUR") == 0
+        finally:
+            other.close()
+            engine.dispose()
