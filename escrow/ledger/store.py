@@ -2,9 +2,11 @@
 
 This is the hottest path of the service (every order, hold and release posts an entry),
 so it speaks to the DB-API cursor of the caller's transaction with prepared SQL strings
-instead of compiling SQLAlchemy constructs on every call. Each post is three statements:
-the entry, its postings (one multi-row INSERT) and one multi-row guarded upsert of the
-balance rows, issued last so row locks are held for the shortest time before commit.
+instead of compiling SQLAlchemy constructs on every call. A post is the entry, its
+postings (one multi-row INSERT) and one multi-row guarded upsert of the balance rows,
+issued last so row locks are held for the shortest time before commit. On SQLite these
+are three statements; on PostgreSQL they are one (the first two as data-modifying WITH
+members), so a post costs one round trip to the server instead of three.
 
 The guard is in the upsert itself: `balance + delta >= 0` is evaluated under the row lock
 (PostgreSQL re-checks it against the newest row version after waiting), so no concurrency
@@ -48,7 +50,7 @@ class PreparedEntry(NamedTuple):
 
     posted: PostedEntry
     sql_postings: str
-    sql_balances: str
+    sql_balances: str  # on PostgreSQL, the whole post as one statement (see `_pg_post_sql`)
     head: tuple[Any, ...]
     postings: tuple[Any, ...]
     rows: tuple[tuple[str, str, int, int], ...]
@@ -90,6 +92,17 @@ def _sql(dialect: str, statement: str, rows: int = 1) -> str:
     raise ValueError(statement)
 
 
+@lru_cache(maxsize=256)
+def _pg_post_sql(postings: int, rows: int) -> str:
+    """PostgreSQL: the three statements of a post as one. The balance upsert is the main
+    statement, so its RETURNING rows are the statement's result; the postings' foreign key
+    to the entry is checked at the end of the statement, after both inserts."""
+    return (
+        "WITH ledger_entry AS (" + _sql("postgresql", "entry") + "),"
+        " ledger_postings AS (" + _sql("postgresql", "postings", postings) + ") " + _sql("postgresql", "balances", rows)
+    )
+
+
 class Ledger:
     """The ledger inside one open transaction (`conn`); the caller commits or rolls back.
 
@@ -102,6 +115,7 @@ class Ledger:
         self._conn = conn
         self._dialect = conn.dialect.name
         self._sql_entry = _sql(self._dialect, "entry")
+        self._one_statement = self._dialect == "postgresql"
 
     def _cursor(self) -> Any:
         # Looked up on each call, not cached: the Connection may reconnect between statements.
@@ -154,7 +168,7 @@ class Ledger:
         return PreparedEntry(
             PostedEntry(entry_id, entry.kind, now, entry.postings, entry.reverses),
             _sql(d, "postings", len(entry.postings)),
-            _sql(d, "balances", len(rows)),
+            _pg_post_sql(len(entry.postings), len(rows)) if self._one_statement else _sql(d, "balances", len(rows)),
             (entry_id, entry.kind, ts, entry.reverses, request_id, entry.memo),
             tuple(postings),
             tuple(rows),
@@ -181,15 +195,42 @@ class Ledger:
             entry = self.prepare(entry, now=now, request_id=request_id, entry_id=entry_id)
         cur = self._cursor()
         try:
-            cur.execute(self._sql_entry, entry.head)
-            cur.execute(entry.sql_postings, entry.postings)
-            cur.execute(entry.sql_balances, entry.balances)
+            if self._one_statement:  # sql_balances holds the whole post (see `prepare`)
+                cur.execute(entry.sql_balances, entry.head + entry.postings + entry.balances)
+            else:
+                cur.execute(self._sql_entry, entry.head)
+                cur.execute(entry.sql_postings, entry.postings)
+                cur.execute(entry.sql_balances, entry.balances)
             moved = {(r[0], r[1], r[2]) for r in cur.fetchall() if r[3] or r[0] not in entry.guarded}
             if len(moved) != len(entry.rows):
                 raise self._insufficient(list(entry.rows), moved)
         finally:
             cur.close()
         return entry.posted
+
+    def move_pass_through(self, rows: Iterable[tuple[str, str, int, int]]) -> None:
+        """Apply the balance moves a posting statement deferred (see `posting_statement`).
+
+        Only unguarded pass-through accounts are deferred, so nothing here can be refused:
+        the moves only have to land in the same transaction as their postings, and landing
+        last keeps the shared shard row locked for one statement instead of the whole
+        transaction.
+        """
+        rows = sorted(rows)
+        if not rows:
+            return
+        params: list[Any] = []
+        for account, currency, shard, delta in rows:
+            if rule_for(account).shards == 1:
+                raise ValueError(f"{account} is not a pass-through account; its balance moves with its posting")
+            params += (account, currency, shard, delta, False)
+        cur = self._cursor()
+        try:
+            cur.execute(_sql(self._dialect, "balances", len(rows)), params)
+            if len(cur.fetchall()) != len(rows):  # pragma: no cover  # unguarded rows are never refused
+                raise InsufficientFunds("a pass-through balance row refused a move")
+        finally:
+            cur.close()
 
     @staticmethod
     def _insufficient(rows: list[tuple[str, str, int, int]], moved: set[tuple[str, str, int]]) -> InsufficientFunds:
@@ -326,22 +367,44 @@ class PostingStatement:
     params: tuple[Any, ...]
     balance_rows: int
     balances_cte: str
+    # Balance moves of pass-through accounts left out of the statement (`defer_pass_through`),
+    # for `Ledger.move_pass_through` to apply before the transaction commits.
+    deferred: tuple[tuple[str, str, int, int], ...] = ()
 
 
 def posting_statement(
-    entry: Entry, *, entry_id: str, now: datetime, request_id: str | None, driver: str, prefix: str = "ledger"
+    entry: Entry,
+    *,
+    entry_id: str,
+    now: datetime,
+    request_id: str | None,
+    driver: str,
+    prefix: str = "ledger",
+    defer_pass_through: bool = False,
 ) -> PostingStatement:
+    """With `defer_pass_through`, the balance rows of sharded platform accounts (clearing,
+    in transit) are not moved by the statement but returned as `deferred`. A transaction
+    that has more to do after this statement applies them as its last statement instead:
+    otherwise it holds the shard's row lock for all of its remaining round trips, and every
+    one-statement intake that picks the same shard waits that long behind it.
+    """
     rows = sorted((account, currency, _shard(account), delta) for (account, currency), delta in entry.net.items())
     if any(delta < 0 and rule_for(account).non_negative for account, _, _, delta in rows):
         # A guarded debit needs the refused-row check of Ledger.post; this form is for inflows.
         raise ValueError("posting_statement takes entries without guarded debits; use Ledger.post")
+    deferred: tuple[tuple[str, str, int, int], ...] = ()
+    if defer_pass_through:
+        deferred = tuple(row for row in rows if rule_for(row[0]).shards > 1)
+        rows = [row for row in rows if rule_for(row[0]).shards == 1]
+        if not rows:
+            raise ValueError("posting_statement must move at least one balance row itself")
     ctes = _posting_ctes(len(entry.postings), len(rows), driver, prefix)
     params: list[Any] = [entry_id, entry.kind, now, entry.reverses, request_id, entry.memo, now]
     for p in entry.postings:
         params += (p.account, p.amount.currency, p.amount.amount_minor)
     for account, currency, shard, delta in rows:
         params += (account, currency, shard, delta, rule_for(account).non_negative and delta > 0)
-    return PostingStatement(ctes, tuple(params), len(rows), f"{prefix}_balances")
+    return PostingStatement(ctes, tuple(params), len(rows), f"{prefix}_balances", deferred)
 
 
 @lru_cache(maxsize=64)
