@@ -45,6 +45,7 @@ class Actor:
 
 
 SYSTEM = Actor(principal_id="system:worker", role="system")
+_INSERT = audit_records.insert()  # built once: every state change runs it
 
 
 def record(
@@ -59,7 +60,7 @@ def record(
 ) -> None:
     """Append an audit record inside the caller's transaction (it commits with the change)."""
     conn.execute(
-        audit_records.insert(),
+        _INSERT,
         {
             "occurred_at": now,
             "actor": actor.principal_id,

@@ -19,12 +19,13 @@ from escrow.persistence.db import dumps_json, scan_in_index_order
 from escrow.persistence.tables import events, sequence_heads
 
 PUBLISH_BATCH_MAX = 5_000
+_INSERT = events.insert()  # built once: every state change runs it
 _ID_DIGITS = 16
 
 
 def emit(conn: Connection, type_: str, data: dict[str, Any], *, now: datetime) -> None:
     """Record an event inside the caller's transaction; it exists if and only if the change commits."""
-    conn.execute(events.insert(), {"type": type_, "created_at": now, "data": data})
+    conn.execute(_INSERT, {"type": type_, "created_at": now, "data": data})
 
 
 def emit_many(conn: Connection, rows: list[tuple[str, dict[str, Any]]], *, now: datetime) -> None:

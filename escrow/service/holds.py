@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 
 from escrow import audit, events
 from escrow.audit import SYSTEM, Actor
@@ -26,9 +26,15 @@ from escrow.settings import Policies
 
 LIVE = ("active", "contested")
 
+# Built once (see the note on the order statements in `escrow.service.orders`).
+_HOLD = select(holds).where(holds.c.id == bindparam("b_id"))
+_LOCK_HOLD = _HOLD.with_for_update()
+_HOLD_PARTIES = select(holds.c.order_id, holds.c.seller_id).where(holds.c.id == bindparam("b_id"))
+_UPDATE_HOLD = update(holds).where(holds.c.id == bindparam("b_id"))  # SET from the parameters
+
 
 def get_hold(conn: Connection, hold_id: str) -> dict[str, Any]:
-    row = conn.execute(select(holds).where(holds.c.id == hold_id)).one_or_none()
+    row = conn.execute(_HOLD, {"b_id": hold_id}).one_or_none()
     if row is None:
         raise NotFound(f"hold {hold_id} not found")
     return hold_view(row)
@@ -58,12 +64,12 @@ def list_holds(
 
 def _lock_hold(conn: Connection, hold_id: str, now: datetime) -> tuple[Any, Any, bool]:
     """(order, hold, seller frozen?), locked seller (shared), order, hold: the global order."""
-    ids = conn.execute(select(holds.c.order_id, holds.c.seller_id).where(holds.c.id == hold_id)).one_or_none()
+    ids = conn.execute(_HOLD_PARTIES, {"b_id": hold_id}).one_or_none()
     if ids is None:
         raise NotFound(f"hold {hold_id} not found")
     frozen_seller = seller_is_frozen(conn, ids.seller_id, now)
     o = lock_order(conn, ids.order_id)
-    h = conn.execute(select(holds).where(holds.c.id == hold_id).with_for_update()).one()
+    h = conn.execute(_LOCK_HOLD, {"b_id": hold_id}).one()
     return o, h, frozen_seller
 
 
@@ -145,9 +151,7 @@ def release_locked(
         save_parts(conn, o, Parts(p.escrowed, p.held, p.frozen - amount, p.released + amount, p.refunded))
         destination = "payable"
     left = h.amount - amount
-    conn.execute(
-        update(holds).where(holds.c.id == h.id).values(amount=left, status=h.status if left else final, updated_at=now)
-    )
+    conn.execute(_UPDATE_HOLD, {"b_id": h.id, "amount": left, "status": h.status if left else final, "updated_at": now})
     kind = "hold.expired" if final == "expired" and not left else "hold.released"
     audit.record(
         conn, actor, kind, h.id, now=now, reason=reason,

@@ -146,6 +146,8 @@ class TestIntake:
         assert held["status"] == "held" and held["screening"]["decision"] == "hold"
         assert held["balances"]["held"] == 10_000 and len(held["holds"]) == 1
         assert results[2]["order"]["order_id"] == "o-1"
+        # Answered from the values written, not read back: it must be what a read returns.
+        assert s.call("checkout", "GET", "/v1/orders/o-2").json() == held
         assert s.api.db.count("orders") == 3 and s.api.db.count("holds") == 1
         feed = s.call("checkout", "GET", "/v1/events?type=order.screened").json()["data"]
         assert [e["data"]["order_id"] for e in feed] == ["o-1", "o-2", "o-3"]
@@ -168,6 +170,10 @@ class TestIntake:
         review_deadline = review["holds"][0]["expires_at"]
         assert review_deadline < held["holds"][0]["expires_at"]  # 3-day review hold versus 90-day hold
         assert clean["screening"]["decision"] == "pass" and clean["holds"] == []
+        # Held orders are answered from the values written, not read back: the answer must
+        # be what a read returns (timestamps compared as the strings sent).
+        for order in (held, review):
+            assert s.call("checkout", "GET", f"/v1/orders/{order['order_id']}").json() == order
         assert_conserved(s.api)
 
     def test_batch_is_bounded(self, s: Session) -> None:
