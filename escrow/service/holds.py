@@ -7,6 +7,7 @@ order can never deadlock and always see each other's result.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, or_, select, update
@@ -117,11 +118,12 @@ def release_locked(
     reason: str,
     final: str,
     seller_frozen: bool,
-) -> None:
+) -> SimpleNamespace:
     """Give `amount` of the locked hold `h` back: to escrow before confirmation, else to the seller.
 
     After confirmation the money moves from seller:frozen to seller:payable, unless the
-    seller is frozen, in which case it stays frozen (no longer tied to this hold).
+    seller is frozen, in which case it stays frozen (no longer tied to this hold). Returns
+    the hold row as written (it stays locked, so that is what a read would return).
     """
     money = Money(amount, h.currency)
     p = parts_of(o)
@@ -151,7 +153,8 @@ def release_locked(
         save_parts(conn, o, Parts(p.escrowed, p.held, p.frozen - amount, p.released + amount, p.refunded))
         destination = "payable"
     left = h.amount - amount
-    conn.execute(_UPDATE_HOLD, {"b_id": h.id, "amount": left, "status": h.status if left else final, "updated_at": now})
+    changed = {"amount": left, "status": h.status if left else final, "updated_at": now}
+    conn.execute(_UPDATE_HOLD, {"b_id": h.id, **changed})
     kind = "hold.expired" if final == "expired" and not left else "hold.released"
     audit.record(
         conn, actor, kind, h.id, now=now, reason=reason,
@@ -170,6 +173,7 @@ def release_locked(
         },
         now=now,
     )
+    return SimpleNamespace(**{**h._mapping, **changed})
 
 
 def release_hold(
@@ -184,8 +188,10 @@ def release_hold(
     value = h.amount if amount is None else amount.amount_minor
     if value > h.amount:
         raise ExceedsHeldAmount(f"release of {value} exceeds the {h.amount} {h.currency} the hold ties down")
-    release_locked(conn, actor, now, o, h, amount=value, reason=reason, final="released", seller_frozen=frozen_seller)
-    return get_hold(conn, hold_id)
+    written = release_locked(
+        conn, actor, now, o, h, amount=value, reason=reason, final="released", seller_frozen=frozen_seller
+    )
+    return hold_view(written)
 
 
 def extend_hold(

@@ -166,9 +166,12 @@ def seller_is_frozen(conn: Connection, seller_id: str, now: datetime) -> bool:
     (exclusive lock) and a confirmation (share lock) of one seller never interleave.
     """
     dialect = conn.dialect.name
-    conn.execute(_NEW_SELLER[dialect], {"seller_id": seller_id, "frozen": False, "created_at": now})
     query = _SELLER_FROZEN_SHARED if dialect == "postgresql" else _SELLER_FROZEN
-    return bool(conn.execute(query, {"b_seller_id": seller_id}).scalar_one())
+    frozen = conn.execute(query, {"b_seller_id": seller_id}).scalar_one_or_none()
+    if frozen is None:  # first use: create the row (a concurrent creator wins quietly), then lock it
+        conn.execute(_NEW_SELLER[dialect], {"seller_id": seller_id, "frozen": False, "created_at": now})
+        frozen = conn.execute(query, {"b_seller_id": seller_id}).scalar_one()
+    return bool(frozen)
 
 
 # --- intake -------------------------------------------------------------------------------

@@ -218,8 +218,11 @@ class TestHolds:
             {"amount": {"amount": 3_501, "currency": "EUR"}, "reason": "x"},
         )
         assert_problem(over, 409, "exceeds_held_amount")
+        # Answered from the row as written, not read back: it must be what a read returns.
+        assert s.call("checkout", "GET", f"/v1/holds/{hold['id']}").json() == part.json()
         full = s.call("checkout", "POST", f"/v1/holds/{hold['id']}/release", {"reason": "cleared"})
         assert full.json()["status"] == "released" and full.json()["amount"]["amount"] == 0
+        assert s.call("checkout", "GET", f"/v1/holds/{hold['id']}").json() == full.json()
         again = s.call("checkout", "POST", f"/v1/holds/{hold['id']}/release", {"reason": "again"})
         assert_problem(again, 409, "illegal_transition")
         assert s.balances("o-1")["escrowed"] == 10_000
