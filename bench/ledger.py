@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from escrow.ids import new_id
 from escrow.ledger import Ledger, transfer
+from escrow.ledger.store import pg_post_sql
 from escrow.limits import HOT_ACCOUNT_SHARDS
 from escrow.money import Money
 from escrow.persistence import migrate
@@ -141,10 +142,9 @@ class RawClient:
             " WHERE NOT ledger_balances.non_negative OR ledger_balances.balance + excluded.balance >= 0"
             " RETURNING account"
         )
-        # PostgreSQL: the same three statements sent as one, as the ledger sends them there.
-        self.sql_one = (
-            f"WITH e AS ({self.sql_entry}), p AS ({self.sql_postings}) {self.sql_balances}" if not self.sqlite else ""
-        )
+        # PostgreSQL: the three statements sent as one, in the ledger's own text (two legs,
+        # two balance rows), as the ledger sends them there.
+        self.sql_one = pg_post_sql(2, 2)
         self.ts: object = NOW.strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else NOW
 
     def conn(self) -> object:
@@ -185,7 +185,10 @@ class RawClient:
                 cur.execute(self.sql_postings, legs)
                 cur.execute(self.sql_balances, [v for row in rows for v in row])
             else:
-                cur.execute(self.sql_one, [entry_id, "hold", self.ts, *legs, *(v for row in rows for v in row)])
+                cur.execute(
+                    self.sql_one,
+                    [entry_id, "hold", self.ts, None, None, None, *legs, *(v for row in rows for v in row)],
+                )
             if len(cur.fetchall()) != 2:
                 raise RuntimeError("guard refused a funded transfer")
             conn.commit() if not self.sqlite else cur.execute("COMMIT")  # type: ignore[attr-defined]

@@ -50,7 +50,7 @@ class PreparedEntry(NamedTuple):
 
     posted: PostedEntry
     sql_postings: str
-    sql_balances: str  # on PostgreSQL, the whole post as one statement (see `_pg_post_sql`)
+    sql_balances: str  # on PostgreSQL, the whole post as one statement (see `pg_post_sql`)
     head: tuple[Any, ...]
     postings: tuple[Any, ...]
     rows: tuple[tuple[str, str, int, int], ...]
@@ -93,13 +93,26 @@ def _sql(dialect: str, statement: str, rows: int = 1) -> str:
 
 
 @lru_cache(maxsize=256)
-def _pg_post_sql(postings: int, rows: int) -> str:
-    """PostgreSQL: the three statements of a post as one. The balance upsert is the main
-    statement, so its RETURNING rows are the statement's result; the postings' foreign key
-    to the entry is checked at the end of the statement, after both inserts."""
+def pg_post_sql(postings: int, rows: int) -> str:
+    """PostgreSQL: the three statements of a post as one.
+
+    The balance upsert is the main statement, so its RETURNING rows are the statement's
+    result. It selects FROM the entry insert: PostgreSQL runs the main statement before any
+    WITH member it does not read, so without that the balance rows would be locked first and
+    stay locked while the entry insert waited (say on a concurrent reversal of the same
+    entry). Read from the entry, the upsert runs after it, as the third of three statements
+    did. The postings' foreign key to the entry is checked at the end of the statement.
+    """
+    moves = ", ".join(["(%s, %s, %s::smallint, %s::bigint, %s::boolean)"] * rows)
     return (
-        "WITH ledger_entry AS (" + _sql("postgresql", "entry") + "),"
-        " ledger_postings AS (" + _sql("postgresql", "postings", postings) + ") " + _sql("postgresql", "balances", rows)
+        "WITH ledger_entry AS (" + _sql("postgresql", "entry") + " RETURNING id),"
+        " ledger_postings AS (" + _sql("postgresql", "postings", postings) + ")"
+        " INSERT INTO ledger_balances (account, currency, shard, balance, non_negative)"
+        " SELECT v.account, v.currency, v.shard, v.delta, v.guard FROM ledger_entry,"
+        f" (VALUES {moves}) AS v(account, currency, shard, delta, guard) ORDER BY 1, 2, 3"
+        " ON CONFLICT (account, currency, shard) DO UPDATE SET balance = ledger_balances.balance + excluded.balance"
+        " WHERE NOT ledger_balances.non_negative OR ledger_balances.balance + excluded.balance >= 0"
+        " RETURNING account, currency, shard, non_negative"
     )
 
 
@@ -168,7 +181,7 @@ class Ledger:
         return PreparedEntry(
             PostedEntry(entry_id, entry.kind, now, entry.postings, entry.reverses),
             _sql(d, "postings", len(entry.postings)),
-            _pg_post_sql(len(entry.postings), len(rows)) if self._one_statement else _sql(d, "balances", len(rows)),
+            pg_post_sql(len(entry.postings), len(rows)) if self._one_statement else _sql(d, "balances", len(rows)),
             (entry_id, entry.kind, ts, entry.reverses, request_id, entry.memo),
             tuple(postings),
             tuple(rows),
@@ -214,14 +227,16 @@ class Ledger:
         Only unguarded pass-through accounts are deferred, so nothing here can be refused:
         the moves only have to land in the same transaction as their postings, and landing
         last keeps the shared shard row locked for one statement instead of the whole
-        transaction.
+        transaction. Call it as the transaction's last write (see `posting_statement` for
+        the lock order this relies on).
         """
         rows = sorted(rows)
         if not rows:
             return
         params: list[Any] = []
         for account, currency, shard, delta in rows:
-            if rule_for(account).shards == 1:
+            rule = rule_for(account)
+            if rule.shards == 1 or rule.non_negative:
                 raise ValueError(f"{account} is not a pass-through account; its balance moves with its posting")
             params += (account, currency, shard, delta, False)
         cur = self._cursor()
@@ -387,6 +402,11 @@ def posting_statement(
     that has more to do after this statement applies them as its last statement instead:
     otherwise it holds the shard's row lock for all of its remaining round trips, and every
     one-statement intake that picks the same shard waits that long behind it.
+
+    Deferring takes the shard's lock last rather than in sorted account order. That cannot
+    deadlock only while every other row the transaction locks is one no other transaction
+    can reach, such as the rows of an order this transaction inserted (what intake defers
+    for). Do not defer in a transaction that also locks rows others can lock.
     """
     rows = sorted((account, currency, _shard(account), delta) for (account, currency), delta in entry.net.items())
     if any(delta < 0 and rule_for(account).non_negative for account, _, _, delta in rows):

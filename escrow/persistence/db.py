@@ -131,6 +131,11 @@ def _autocommit(engine: Engine) -> Engine:
     A pool of its own rather than `execution_options(isolation_level=...)` on the shared
     one: switching a connection's mode on every checkout and back on every return costs
     ~50 us a request, and a connection that never opens a transaction needs no reset.
+
+    One sibling per engine for the engine's life: disposing `engine` disposes the sibling's
+    pool, not the sibling. (The prefork master reads through it and disposes its engine
+    about once a second; a new sibling each time also left one more dispose listener on
+    the engine each time.)
     """
     found = _autocommit_engines.get(engine)
     if found is not None:
@@ -147,15 +152,15 @@ def _autocommit(engine: Engine) -> Engine:
                 pool_reset_on_return=None,
             )
             _autocommit_engines[engine] = found
-            created_in = os.getpid()
+            sibling = found
+            opened_in = [os.getpid()]  # the process whose sockets the sibling's pool holds
 
             @event.listens_for(engine, "engine_disposed")
             def _dispose_too(_: Engine) -> None:
-                sibling = _autocommit_engines.pop(engine, None)
-                if sibling is not None:
-                    # In a forked child the sockets are the parent's: drop them unclosed,
-                    # as `dispose(close=False)` does for the main pool after a fork.
-                    sibling.dispose(close=os.getpid() == created_in)
+                # In a forked child the sockets are the parent's: drop them unclosed, as
+                # `dispose(close=False)` does for the main pool after a fork.
+                sibling.dispose(close=os.getpid() == opened_in[0])
+                opened_in[0] = os.getpid()
 
         return found
 

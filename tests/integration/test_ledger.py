@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -234,3 +235,56 @@ class TestSqliteWriterLock:
         finally:
             other.close()
             engine.dispose()
+
+
+class TestPostgresPostLocks:
+    def test_a_post_waiting_on_its_entry_holds_no_balance_row(self, pg_db: TestDB, now: datetime) -> None:
+        """On PostgreSQL a post is one statement; its balance rows are locked after its entry
+        is written, as when they were three statements. A post whose entry insert waits
+        (here on another transaction's uncommitted reversal of the same entry) must not sit
+        on balance rows meanwhile: a shared platform row would queue everyone behind it."""
+        first = post(pg_db, transfer("order_paid", "clearing:card", "order:a:escrow", eur(100)), now)
+        post(pg_db, transfer("order_paid", "clearing:card", "order:b:escrow", eur(100)), now)
+        blocker = pg_db.engine.connect()
+        blocker.begin()
+        blocker.execute(
+            text("INSERT INTO journal_entries (id, kind, created_at, reverses_id) VALUES ('ent_blocker', 'x', :t, :r)"),
+            {"t": now, "r": first},
+        )
+        outcome: list[BaseException | str] = []
+
+        def waiting_post() -> None:
+            try:
+                with pg_db.engine.begin() as conn:
+                    entry = Entry("x", (Posting("order:b:escrow", eur(-1)), Posting("order:b:held", eur(1))))
+                    Ledger(conn).post(Entry(entry.kind, entry.postings, reverses=first), now=now)
+                outcome.append("posted")
+            except BaseException as exc:  # reported to the test thread below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=waiting_post)
+        thread.start()
+        try:
+            with pg_db.engine.connect() as probe:
+                probe.execute(text("SET lock_timeout = '2s'"))
+                # Wait until the post is really queued behind the blocker, then probe its rows.
+                for _ in range(200):
+                    waiting = probe.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                        )
+                    ).scalar_one()
+                    if waiting:
+                        break
+                    threading.Event().wait(0.01)
+                assert waiting, "the post never waited on the blocker"
+                probe.execute(text("UPDATE ledger_balances SET balance = balance WHERE account = 'order:b:escrow'"))
+                probe.rollback()
+        finally:
+            blocker.rollback()
+            blocker.close()
+            thread.join(10)
+        assert outcome == ["posted"]
+        assert balance(pg_db, "order:b:held") == 1
+        assert_books_sound(pg_db)
