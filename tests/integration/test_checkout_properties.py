@@ -35,18 +35,50 @@ def run_checkout_machine(api: Api) -> None:
             api.db.reset()
             api.parts.authenticator.forget_all()
             self.keys = {r: api.key(r) for r in ("checkout", "ip_staff", "cp_supervisor")}
+            # A confirmed finding, so that flagged orders are held in full at intake.
+            finding = {"kind": "keyword", "brand": "Zorblaxx", "patterns": ["zorblaxx"], "status": "confirmed"}
+            assert self.call("ip_staff", "POST", "/v1/findings", finding).status_code == 201
+            api.parts.screener.refresh_now()  # type: ignore[attr-defined]
 
         def call(self, role: str, method: str, path: str, body: Any = None) -> Any:
             response = api.client.request(method, path, json=body, headers=self.keys[role])
             assert response.status_code < 500, response.text
             return response
 
-        @rule(amount=st.integers(1, 10**9), seller=st.sampled_from(SELLERS), currency=st.sampled_from(["EUR", "JPY"]))
-        def new_order(self, amount: int, seller: str, currency: str) -> None:
+        def order_body(self, amount: int, seller: str, currency: str, flagged: bool) -> dict[str, Any]:
             self.count += 1
-            body = an_order(self.count, seller_id=seller, amount={"amount": amount, "currency": currency})
-            assert self.call("checkout", "POST", "/v1/orders", body).status_code == 201
-            self.orders.append(f"o-{self.count}")
+            title = "Zorblaxx replica bag" if flagged else "Leather wallet"
+            return an_order(self.count, seller_id=seller, title=title, amount={"amount": amount, "currency": currency})
+
+        def recorded(self, order: dict[str, Any], flagged: bool) -> None:
+            """A new order's answer: held in full when flagged, and what a read returns."""
+            assert (order["status"] == "held") == flagged
+            assert len(order["holds"]) == (1 if flagged else 0)
+            assert self.call("checkout", "GET", f"/v1/orders/{order['order_id']}").json() == order
+            self.orders.append(order["order_id"])
+            self.holds += [h["id"] for h in order["holds"]]
+
+        @rule(
+            amount=st.integers(1, 10**9),
+            seller=st.sampled_from(SELLERS),
+            currency=st.sampled_from(["EUR", "JPY"]),
+            flagged=st.booleans(),
+        )
+        def new_order(self, amount: int, seller: str, currency: str, flagged: bool) -> None:
+            response = self.call("checkout", "POST", "/v1/orders", self.order_body(amount, seller, currency, flagged))
+            assert response.status_code == 201
+            self.recorded(response.json(), flagged)
+
+        @rule(flags=st.lists(st.booleans(), min_size=1, max_size=4), repeat=st.booleans())
+        def batch(self, flags: list[bool], repeat: bool) -> None:
+            bodies = [self.order_body(1_000 + i, SELLERS[i % 2], "EUR", f) for i, f in enumerate(flags)]
+            sent = bodies + bodies[:1] if repeat else bodies
+            results = self.call("checkout", "POST", "/v1/orders:batch", {"orders": sent}).json()["data"]
+            assert [r["status"] for r in results] == [201] * len(bodies) + ([200] if repeat else [])
+            for result, flagged in zip(results, flags, strict=False):
+                self.recorded(result["order"], flagged)
+            if repeat:
+                assert results[-1]["order"] == results[0]["order"]
 
         @precondition(lambda self: self.orders)
         @rule(pick=st.integers(0), amount=st.one_of(st.none(), st.integers(1, 10**9)), days=st.integers(1, 90))
