@@ -22,6 +22,7 @@ _RANDOM_MAX: Final = (1 << 80) - 1
 _lock = threading.Lock()
 _last_ms = -1
 _last_random = 0
+_last_text = ""  # encode_ulid of the last id made
 
 
 def new_id(prefix: str) -> str:
@@ -31,16 +32,24 @@ def new_id(prefix: str) -> str:
     as the previous one takes its random part plus one. Ids then also sort in creation order
     within a millisecond, and consecutive inserts land next to each other in the indexes
     instead of at random places in the newest page range.
+
+    Such a successor differs from the previous id in its last digit only, unless the
+    increment carried out of it (its last five bits are zero then): 31 times in 32 it is
+    the previous text with one digit replaced, a fifth of the cost of encoding it.
     """
-    global _last_ms, _last_random
+    global _last_ms, _last_random, _last_text
     now_ms = time.time_ns() // 1_000_000
     with _lock:
         if now_ms <= _last_ms and _last_random < _RANDOM_MAX:
-            now_ms, random = _last_ms, _last_random + 1  # a clock that stepped back keeps the order too
+            random = _last_random + 1  # a clock that stepped back keeps the order too
+            low = random & 31
+            text = _last_text[:-1] + _ALPHABET[low] if low else encode_ulid(_last_ms << 80 | random)
+            _last_random, _last_text = random, text
         else:
             random = int.from_bytes(os.urandom(10), "big")
-        _last_ms, _last_random = now_ms, random
-    return f"{prefix}_{encode_ulid(now_ms << 80 | random)}"
+            text = encode_ulid(now_ms << 80 | random)
+            _last_ms, _last_random, _last_text = now_ms, random, text
+    return f"{prefix}_{text}"
 
 
 def encode_ulid(value: int) -> str:

@@ -84,17 +84,18 @@ def transfer(kind: str, source: str, destination: str, amount: Money, memo: str 
     validate_account(source)
     if validate_account(destination) == source:
         raise InvalidInput(f"a transfer needs two different accounts, got {source!r} twice")
-    entry = object.__new__(Entry)
-    for name, value in (
-        ("kind", kind),
-        ("postings", (Posting(source, -amount), Posting(destination, amount))),
-        ("memo", memo),
-        ("reverses", None),
-    ):
-        object.__setattr__(entry, name, value)
+    entry = _new(Entry)
+    _set(entry, "kind", kind)
+    _set(entry, "postings", (Posting(source, -amount), Posting(destination, amount)))
+    _set(entry, "memo", memo)
+    _set(entry, "reverses", None)
     currency, minor = amount.currency, amount.amount_minor
-    object.__setattr__(entry, "net", {(source, currency): -minor, (destination, currency): minor})
+    _set(entry, "net", {(source, currency): -minor, (destination, currency): minor})
     return entry
+
+
+_new = object.__new__
+_set = object.__setattr__  # a frozen dataclass's fields are written this way, as its own __init__ does
 
 
 def _check_kind(kind: str) -> None:

@@ -33,8 +33,9 @@ from escrow.money import Money
 _SQLITE_TS = "%Y-%m-%d %H:%M:%S.%f"  # the storage format SQLAlchemy's SQLite DateTime reads
 
 
-@dataclass(frozen=True, slots=True)
-class PostedEntry:
+class PostedEntry(NamedTuple):
+    """A journal entry as written. A named tuple: `prepare` builds one for every entry."""
+
     id: str
     kind: str
     created_at: datetime
@@ -93,6 +94,18 @@ def _sql(dialect: str, statement: str, rows: int = 1) -> str:
 
 
 @lru_cache(maxsize=256)
+def _split_statements(postings: int, rows: int) -> tuple[str, str]:
+    """The postings insert and the balance upsert of a post, as separate statements (SQLite)."""
+    return _sql("sqlite", "postings", postings), _sql("sqlite", "balances", rows)
+
+
+@lru_cache(maxsize=256)
+def _pg_statements(postings: int, rows: int) -> tuple[str, str]:
+    """The postings insert (for `posting_statement`'s callers) and the whole post as one statement."""
+    return _sql("postgresql", "postings", postings), pg_post_sql(postings, rows)
+
+
+@lru_cache(maxsize=256)
 def pg_post_sql(postings: int, rows: int) -> str:
     """PostgreSQL: the three statements of a post as one.
 
@@ -129,13 +142,12 @@ class Ledger:
         self._dialect = conn.dialect.name
         self._sql_entry = _sql(self._dialect, "entry")
         self._one_statement = self._dialect == "postgresql"
+        self._sqlite = self._dialect == "sqlite"
+        self._statements = _pg_statements if self._one_statement else _split_statements
 
     def _cursor(self) -> Any:
         # Looked up on each call, not cached: the Connection may reconnect between statements.
         return self._conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-
-    def _ts(self, when: datetime) -> Any:
-        return _sqlite_ts(when) if self._dialect == "sqlite" else when
 
     def prepare(
         self,
@@ -150,13 +162,15 @@ class Ledger:
         Callers that hold a write lock while posting (SQLite's single writer above all) may
         prepare before they open the transaction, so the lock covers only the statements.
         """
-        if not entry.net:
+        net = entry.net
+        if not net:
             raise InvalidInput("an entry must move money: its postings cancel out on every account")
         entry_id = entry_id or new_id("ent")
-        ts = self._ts(now)
+        ts = _sqlite_ts(now) if self._sqlite else now
         postings: list[Any] = []
         for p in entry.postings:
-            postings += (entry_id, p.account, p.amount.currency, p.amount.amount_minor, ts)
+            amount = p.amount
+            postings += (entry_id, p.account, amount.currency, amount.amount_minor, ts)
         # A guarded *debit* is sent with non_negative = false: both databases check CHECK
         # constraints on the proposed row before they detect the conflict, so a negative
         # proposed balance would fail even though the row exists. On conflict the stored
@@ -168,20 +182,20 @@ class Ledger:
         guarded: list[str] = []
         # Sorted so every transaction locks balance rows in one global order: no deadlocks.
         # (account, currency) is unique in `net`, so the shard never decides the order.
-        for (account, currency), delta in sorted(entry.net.items()):
+        for (account, currency), delta in sorted(net.items()):
             rule = rule_for(account)
-            shard = _pick_shard(rule.shards)
+            shard = _pick_shard(rule.shards) if rule.shards > 1 else 0
             rows.append((account, currency, shard, delta))
             if rule.non_negative:
                 guarded.append(account)
                 balances += (account, currency, shard, delta, delta > 0)
             else:
                 balances += (account, currency, shard, delta, False)
-        d = self._dialect
+        sql_postings, sql_balances = self._statements(len(entry.postings), len(rows))
         return PreparedEntry(
             PostedEntry(entry_id, entry.kind, now, entry.postings, entry.reverses),
-            _sql(d, "postings", len(entry.postings)),
-            pg_post_sql(len(entry.postings), len(rows)) if self._one_statement else _sql(d, "balances", len(rows)),
+            sql_postings,
+            sql_balances,
             (entry_id, entry.kind, ts, entry.reverses, request_id, entry.memo),
             tuple(postings),
             tuple(rows),
@@ -214,8 +228,12 @@ class Ledger:
                 cur.execute(self._sql_entry, entry.head)
                 cur.execute(entry.sql_postings, entry.postings)
                 cur.execute(entry.sql_balances, entry.balances)
-            moved = {(r[0], r[1], r[2]) for r in cur.fetchall() if r[3] or r[0] not in entry.guarded}
-            if len(moved) != len(entry.rows):
+            returned = cur.fetchall()
+            guarded = entry.guarded
+            # A row the guard refused is not returned; a guarded row returned with its flag
+            # false was inserted just now, so the account never held money.
+            if len(returned) != len(entry.rows) or any(not r[3] and r[0] in guarded for r in returned):
+                moved = {(r[0], r[1], r[2]) for r in returned if r[3] or r[0] not in guarded}
                 raise self._insufficient(list(entry.rows), moved)
         finally:
             cur.close()

@@ -89,10 +89,19 @@ def _configure_sqlite(engine: Engine) -> None:
     # any connection-event listener makes SQLAlchemy dispatch events on every begin, commit
     # and statement of this engine, which cost ~1.6 us of a ~100 us ledger transaction.
     engine.dialect.do_begin = _begin_immediate  # type: ignore[method-assign]
+    engine.dialect.do_commit = _commit  # type: ignore[method-assign]
 
 
 def _begin_immediate(dbapi_connection: Any) -> None:
-    dbapi_connection.execute("BEGIN IMMEDIATE")
+    # SQLAlchemy passes its pool's proxy: the sqlite3 connection itself is one attribute away.
+    dbapi_connection.dbapi_connection.execute("BEGIN IMMEDIATE")
+
+
+def _commit(dbapi_connection: Any) -> None:
+    # COMMIT as a statement, like the BEGIN: the sqlite3 module's commit() compiles it anew
+    # on every call, and does nothing at all when SQLite has already rolled the transaction
+    # back on its own (after SQLITE_FULL, say), where this raises instead of reporting success.
+    dbapi_connection.dbapi_connection.execute("COMMIT")
 
 
 def scan_in_index_order(conn: Connection) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from escrow import audit
@@ -234,6 +235,28 @@ class TestSqliteWriterLock:
                 assert Ledger(conn).balance("order:o1:held", "EUR") == 0
         finally:
             other.close()
+            engine.dispose()
+
+    def test_a_commit_after_sqlite_rolled_back_on_its_own_fails(self, tmp_path: Path, now: datetime) -> None:
+        """Some errors (a full disk, an OR ROLLBACK conflict) end SQLite's transaction by themselves.
+
+        If the caller went on anyway, its commit must fail, not report success for writes that
+        were rolled back. The sqlite3 module's commit() does nothing outside a transaction; the
+        engine sends COMMIT as a statement, which SQLite refuses then.
+        """
+        path = tmp_path / "auto.db"
+        migrate.upgrade(f"sqlite:///{path}")
+        engine = make_engine(f"sqlite:///{path}")
+        try:
+            with pytest.raises(DBAPIError, match="no transaction is active"), engine.begin() as conn:
+                Ledger(conn).post(transfer("order_paid", "clearing:card", "order:o1:escrow", eur(1000)), now=now)
+                conn.exec_driver_sql("CREATE TEMP TABLE once (k INTEGER PRIMARY KEY)")
+                conn.exec_driver_sql("INSERT INTO once VALUES (1)")
+                with pytest.raises(IntegrityError):  # rolls the whole transaction back, then raises
+                    conn.exec_driver_sql("INSERT OR ROLLBACK INTO once VALUES (1)")
+            with engine.connect() as conn:
+                assert Ledger(conn).balance("order:o1:escrow", "EUR") == 0
+        finally:
             engine.dispose()
 
 

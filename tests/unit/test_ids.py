@@ -9,6 +9,7 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
+from escrow import ids
 from escrow.ids import encode_ulid, new_id
 
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -40,6 +41,21 @@ def test_shape_and_time_order() -> None:
 def test_ids_of_one_process_strictly_increase_even_within_a_millisecond() -> None:
     ids = [new_id("x") for _ in range(20_000)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_successors_within_a_millisecond_are_encoded_in_full_form() -> None:
+    """The one-digit shortcut for a successor equals the full encoding, carries included."""
+    # Pin the clock to one millisecond and start the random part just below a carry into
+    # the last two digits and beyond, so the shortcut and its fallback both run.
+    now_ms = time.time_ns() // 1_000_000 + 10_000
+    with ids._lock:
+        ids._last_ms, ids._last_random = now_ms, (1 << 15) - 40
+        ids._last_text = encode_ulid(now_ms << 80 | ids._last_random)
+    made = [new_id("x") for _ in range(100)]
+    start = (1 << 15) - 39
+    assert made == [f"x_{reference(now_ms << 80 | start + k)}" for k in range(100)]
+    with ids._lock:  # give the clock back: later ids move on from the real time
+        ids._last_ms = -1
 
 
 def test_threads_never_share_an_id() -> None:
