@@ -6,6 +6,7 @@ field, before anything touches the database.
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from typing import Annotated
@@ -95,6 +96,7 @@ def worker(
     policy = outbox_worker.Policy.of(settings)
     typer.echo("worker started", err=True)
     log = structlog.get_logger("escrow.worker")
+    frozen = False
     while True:
         delivered = 0
         try:
@@ -114,6 +116,14 @@ def worker(
             log.exception("worker_round_failed")
         if once:
             return
+        if not frozen:
+            # After one round every module, compiled statement and connection the loop uses
+            # exists: hundreds of thousands of objects that live as long as the process.
+            # Frozen, no full collection scans them again; unfrozen, each took 95-285 ms of a
+            # core, a burst taken from the API and database beside the worker.
+            gc.collect()
+            gc.freeze()
+            frozen = True
         if delivered < policy.batch:  # a full batch means more are due: go on at once
             time.sleep(interval_ms / 1000)
 
