@@ -52,6 +52,22 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{text}"
 
 
+def _forget_after_fork() -> None:
+    """In a forked child: start from fresh randomness, not from the parent's last id.
+
+    Parent and child would otherwise make the same successors of that id within its
+    millisecond (or for as long as a clock stepped back), and a prefork server forks every
+    worker from one master. The lock is made anew: another thread may have held it when
+    the process forked.
+    """
+    global _lock, _last_ms, _last_random, _last_text
+    _lock = threading.Lock()
+    _last_ms, _last_random, _last_text = -1, 0, ""
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def encode_ulid(value: int) -> str:
     """The 26-character Crockford base32 form of a 128-bit `value`, most significant first."""
     pairs = _PAIRS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -72,3 +73,28 @@ def test_threads_never_share_an_id() -> None:
     every = [i for slot in made for i in slot]
     assert len(set(every)) == len(every) == 40_000
     assert all(slot == sorted(slot) for slot in made)
+
+
+def test_a_forked_child_does_not_continue_its_parents_sequence() -> None:
+    """A child's first id within its parent's last millisecond must not be the parent's next id."""
+    now_ms = time.time_ns() // 1_000_000 + 10_000  # pinned ahead: every id below is a successor
+    with ids._lock:
+        ids._last_ms, ids._last_random = now_ms, 1 << 40
+        ids._last_text = encode_ulid(now_ms << 80 | ids._last_random)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its first id and leave at once
+        os.write(write, new_id("x").encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        _, status = os.waitpid(pid, 0)
+        child = os.read(read, 100).decode()
+    finally:
+        os.close(read)
+    parent = new_id("x")
+    with ids._lock:
+        ids._last_ms = -1
+    assert os.WEXITSTATUS(status) == 0
+    assert parent == f"x_{reference(now_ms << 80 | (1 << 40) + 1)}"
+    assert child != parent and re.fullmatch(r"x_[0-9a-hjkmnp-tv-z]{26}", child)
