@@ -120,7 +120,8 @@ def worker(
             # After one round every module, compiled statement and connection the loop uses
             # exists: hundreds of thousands of objects that live as long as the process.
             # Frozen, no full collection scans them again; unfrozen, each took 95-285 ms of a
-            # core, a burst taken from the API and database beside the worker.
+            # core, a burst taken from the API and database beside the worker. (What of it
+            # later becomes cyclic garbage, a recycled connection say, stays: once, bounded.)
             gc.collect()
             gc.freeze()
             frozen = True

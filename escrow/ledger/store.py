@@ -34,7 +34,11 @@ _SQLITE_TS = "%Y-%m-%d %H:%M:%S.%f"  # the storage format SQLAlchemy's SQLite Da
 
 
 class PostedEntry(NamedTuple):
-    """A journal entry as written. A named tuple: `prepare` builds one for every entry."""
+    """A journal entry as written. A named tuple: `prepare` builds one for every entry.
+
+    An internal value, not a wire shape: it equals any tuple of the same fields, and a
+    serialiser sees a list. Responses build their own dicts.
+    """
 
     id: str
     kind: str
@@ -140,6 +144,8 @@ class Ledger:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._dialect = conn.dialect.name
+        if self._dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"the ledger speaks SQLite and PostgreSQL, not {self._dialect}")
         self._sql_entry = _sql(self._dialect, "entry")
         self._one_statement = self._dialect == "postgresql"
         self._sqlite = self._dialect == "sqlite"
@@ -231,7 +237,9 @@ class Ledger:
             returned = cur.fetchall()
             guarded = entry.guarded
             # A row the guard refused is not returned; a guarded row returned with its flag
-            # false was inserted just now, so the account never held money.
+            # false was inserted just now, so the account never held money. Counting rows is
+            # enough because each balance key occurs once in a post (they are the keys of
+            # `entry.net`), so no row can be returned twice.
             if len(returned) != len(entry.rows) or any(not r[3] and r[0] in guarded for r in returned):
                 moved = {(r[0], r[1], r[2]) for r in returned if r[3] or r[0] not in guarded}
                 raise self._insufficient(list(entry.rows), moved)

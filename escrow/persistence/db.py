@@ -101,6 +101,8 @@ def _commit(dbapi_connection: Any) -> None:
     # COMMIT as a statement, like the BEGIN: the sqlite3 module's commit() compiles it anew
     # on every call, and does nothing at all when SQLite has already rolled the transaction
     # back on its own (after SQLITE_FULL, say), where this raises instead of reporting success.
+    # The pool also commits through this hook if told to reset connections that way on
+    # return; it is left at its default, rollback, which uses the sqlite3 module's rollback().
     dbapi_connection.dbapi_connection.execute("COMMIT")
 
 
