@@ -190,7 +190,7 @@ class Ledger:
         # (account, currency) is unique in `net`, so the shard never decides the order.
         for (account, currency), delta in sorted(net.items()):
             rule = rule_for(account)
-            shard = _pick_shard(rule.shards) if rule.shards > 1 else 0
+            shard = _pick_shard(rule.shards)
             rows.append((account, currency, shard, delta))
             if rule.non_negative:
                 guarded.append(account)
