@@ -64,10 +64,23 @@ def _unsupported_media_type(scope: Scope) -> str | None:
     length = _header(scope, b"content-length")
     if length in ("", "0") and not _header(scope, b"transfer-encoding"):
         return None
-    media = _header(scope, b"content-type").split(";", 1)[0].strip().lower()
-    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+    content_type = _header(scope, b"content-type")
+    if is_json_media(content_type):
         return None
+    media = content_type.split(";", 1)[0].strip().lower()
     return None if media in _UPLOAD_TYPES else (media or "(none)")
+
+
+def is_json_media(content_type: str | None) -> bool:
+    """Whether FastAPI parses a body of this type as JSON: application/json or application/*+json,
+    read as it reads it (the standard library's email parsing: one slash, parameters after `;`)."""
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media.count("/") != 1:
+        return False
+    main, sub = media.split("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
 
 
 class RequestContext:

@@ -22,6 +22,7 @@ import structlog
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from escrow.api.context import is_json_media
 from escrow.api.deps import Components, dumps
 from escrow.api.problems import PROBLEM_JSON, from_error
 from escrow.api.routers.orders import INTAKE_ROLES, OrderIn, new_order, screen
@@ -65,14 +66,19 @@ class OrderIntake:
 
     async def _try(self, scope: Scope, body: bytes) -> tuple[int, bytes, bytes] | None:
         """The answer, or None to let the FastAPI route answer (nothing was written)."""
-        authorization = idempotency_key = None
+        # The first of a repeated header, as Starlette's `headers.get` (the route's reader) takes it.
+        authorization = content_type = None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                authorization = value.decode("latin-1")
+                if authorization is None:
+                    authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                if content_type is None:
+                    content_type = value.decode("latin-1")
             elif name == b"idempotency-key":
-                idempotency_key = value
-        if idempotency_key is not None:
-            return None
+                return None
+        if not is_json_media(content_type):
+            return None  # the route reads only a JSON body as JSON; an upload type is its 422
         try:
             principal = self.parts.authenticator.cached(authorization)
         except Unauthenticated:

@@ -95,6 +95,34 @@ def test_what_the_lane_does_not_take_goes_to_the_route(fast: Any) -> None:
     assert_conserved(api)
 
 
+@pytest.mark.parametrize("content_type", ["text/csv", "application/xml", "multipart/form-data", "application/a/b+json"])
+def test_a_body_not_sent_as_json_is_refused_as_the_route_refuses_it(fast: Any, content_type: str) -> None:
+    """The route parses only a JSON media type as JSON; the lane must not book a JSON body
+    sent as an upload type (or as a type FastAPI does not read as JSON)."""
+    api, spy, checkout = fast
+    body = json.dumps(an_order(7)).encode()
+    response = api.client.post("/v1/orders", content=body, headers={**checkout, "Content-Type": content_type})
+    assert response.status_code in (415, 422), response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert spy.ran == 0 and api.db.count("orders") == 1  # the warm-up order only
+    assert_conserved(api)
+
+
+def test_a_repeated_authorization_header_is_read_as_the_route_reads_it(fast: Any) -> None:
+    """The first Authorization counts, on the lane as in the route: a checkout key sent after
+    another role's key does not make the request a checkout's."""
+    api, spy, checkout = fast
+    staff = api.key("ip_staff")["Authorization"]
+    assert api.client.post("/v1/orders", json=an_order(8), headers={"Authorization": staff}).status_code == 403
+    headers = [("Authorization", staff), ("Authorization", checkout["Authorization"])]  # both keys now cached
+    response = api.client.post("/v1/orders", json=an_order(8), headers=headers)
+    assert response.status_code == 403 and response.json()["code"] == "forbidden"
+    reversed_ = api.client.post("/v1/orders", json=an_order(9), headers=headers[::-1])
+    assert reversed_.status_code == 201 and spy.ran == 1
+    assert api.db.count("orders") == 2  # the warm-up order and o-9
+    assert_conserved(api)
+
+
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_broken_connection_falls_back_and_books_the_order_once(fast: Any, when: str) -> None:
     """Before: nothing ran, the route records the order (201). After: the statement committed and
