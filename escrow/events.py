@@ -39,7 +39,8 @@ def event_id(position: int) -> str:
 
 def parse_event_id(value: str) -> int:
     digits = value[4:]
-    if not value.startswith("evt_") or not digits.isdigit() or len(digits) > _ID_DIGITS:
+    # isdigit() alone takes "²" or Arabic-Indic digits, which int() then refuses or reads.
+    if not value.startswith("evt_") or not (digits.isascii() and digits.isdigit()) or len(digits) > _ID_DIGITS:
         raise InvalidCursor(f"after must be an event id such as {event_id(42)}")
     return int(digits)
 

@@ -12,6 +12,7 @@ a straggler that wakes up late cannot complete (its transaction is rolled back).
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -57,7 +58,13 @@ def fingerprint(method: str, path: str, body: Any) -> str:
     sits in the path of every order. The audit chain, which a court may recompute, keeps
     RFC 8785.
     """
-    canonical = orjson.dumps({"method": method, "path": path, "body": body}, option=orjson.OPT_SORT_KEYS)
+    request = {"method": method, "path": path, "body": body}
+    try:
+        canonical = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # What orjson cannot write (integers beyond 64 bits, lone surrogates in the raw items
+        # of a batch) the standard library can, escaped; the prefix keeps the two apart.
+        canonical = b"json:" + json.dumps(request, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical).hexdigest()
 
 

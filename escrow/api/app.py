@@ -75,6 +75,12 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)  # noqa: S101  # registered for this class only
+    if exc.status_code == 400:  # FastAPI's "error parsing the body": JSON that is not UTF-8, say
+        return problem_response(
+            problem_body(
+                400, "malformed_json", "Malformed JSON", "the body is not valid UTF-8 JSON", _request_id(request)
+            )
+        )
     code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
     detail = (
         f"no route {request.method} {request.url.path}"

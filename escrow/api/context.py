@@ -14,18 +14,22 @@ import re
 import secrets
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import structlog
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from escrow.api.problems import PROBLEM_JSON, internal_error, problem_body
+from escrow.api.problems import PROBLEM_JSON, echoed, internal_error, problem_body
 from escrow.limits import REQUEST_BODY_BYTES_MAX
 
 log = structlog.get_logger("escrow.http")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Metric labels take these methods by name and any other as "other": a method is the
+# client's to invent, and every distinct label value is a new series kept forever.
+_METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _UPLOAD_TYPES = frozenset({"multipart/form-data", "application/xml", "text/xml", "text/csv"})
 
 REQUESTS = Counter("escrow_http_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -69,6 +73,23 @@ def _unsupported_media_type(scope: Scope) -> str | None:
         return None
     media = content_type.split(";", 1)[0].strip().lower()
     return None if media in _UPLOAD_TYPES else (media or "(none)")
+
+
+def _nul_in_url(scope: Scope) -> str | None:
+    """The path or query parameter holding a NUL (`%00`), if any.
+
+    No text this service stores or looks up may hold NUL (PostgreSQL text cannot), so it is
+    refused here for every route at once, as NO_NUL refuses it in bodies.
+    """
+    if "\x00" in scope["path"]:
+        return "path"
+    query: bytes = scope.get("query_string", b"")
+    if b"%00" not in query and b"\x00" not in query:
+        return None
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return echoed(name.replace("\x00", "\\x00")) or "query"
+    return "query"
 
 
 def is_json_media(content_type: str | None) -> bool:
@@ -142,8 +163,21 @@ class RequestContext:
         try:
             media = _unsupported_media_type(scope)
             declared = _header(scope, b"content-length")
+            nul = _nul_in_url(scope)
             if declared.isdigit() and int(declared) > REQUEST_BODY_BYTES_MAX:
                 await send_problem(_too_large(request_id))
+            elif nul is not None:
+                message = "must not contain NUL (%00)"
+                await send_problem(
+                    problem_body(
+                        422,
+                        "validation_failed",
+                        "Invalid request",
+                        f"{nul}: {message}",
+                        request_id,
+                        errors=[{"field": nul, "message": message}],
+                    )
+                )
             elif media is not None:
                 await send_problem(
                     problem_body(
@@ -168,8 +202,9 @@ class RequestContext:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - started
-            _count(scope["method"], template, status["code"]).inc()
-            _latency(scope["method"], template).observe(elapsed)
+            method = scope["method"] if scope["method"] in _METRIC_METHODS else "other"
+            _count(method, template, status["code"]).inc()
+            _latency(method, template).observe(elapsed)
             log.info(
                 "request_finished",
                 method=scope["method"],

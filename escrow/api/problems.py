@@ -72,6 +72,12 @@ def status_for(exc: EscrowError) -> int:
     return 400  # pragma: no cover  # EscrowError is the last row
 
 
+def echoed(text: str) -> str:
+    """Client text fit to quote in an answer: a lone surrogate (valid in JSON escapes, not in
+    UTF-8) is written as its escape instead of failing the encoding of the whole answer."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def problem_body(
     status: int, code: str, title: str, detail: str, request_id: str | None, **extra: Any
 ) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, select, update
 from escrow import audit, events, outbox
 from escrow.audit import SYSTEM, Actor
 from escrow.domain.orders import Parts
-from escrow.errors import ExceedsEscrowedAmount, IllegalTransition, NotFound
+from escrow.errors import ExceedsEscrowedAmount, IllegalTransition, InvalidInput, NotFound
 from escrow.ids import new_id
 from escrow.ledger import Ledger, transfer
 from escrow.ledger.chart import IN_TRANSIT_REFUNDS, clearing, order_escrow, seller_account
@@ -40,14 +40,15 @@ def refund_order(
 ) -> dict[str, Any]:
     """Ordinary refund of unheld escrow before confirmation; the money leaves via in_transit:refunds.
 
-    Raises NotFound, IllegalTransition (confirmed), ExceedsEscrowedAmount (held money is
-    not refundable here: release the hold first, or use an advance refund).
+    Raises NotFound, InvalidInput (another currency), IllegalTransition (confirmed),
+    ExceedsEscrowedAmount (held money is not refundable here: release the hold first, or use
+    an advance refund).
     """
     o = lock_order(conn, order_id)
     if o.confirmed_at is not None:
         raise IllegalTransition(f"order {order_id} is confirmed; an ordinary refund is only possible before")
     if amount is not None and amount.currency != o.currency:
-        raise IllegalTransition(f"order {order_id} is in {o.currency}, not {amount.currency}")
+        raise InvalidInput(f"order {order_id} is in {o.currency}, not {amount.currency}", field="amount.currency")
     value = o.escrowed if amount is None else amount.amount_minor
     if value == 0:
         raise ExceedsEscrowedAmount(f"order {order_id} has no unheld escrow to refund")

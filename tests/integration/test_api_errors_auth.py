@@ -165,6 +165,56 @@ class TestProblems:
         assert after["journal_entries"] == before["journal_entries"] == 0
         assert after["audit_records"] == 0 and after["idempotency_keys"] == 0
 
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "/v1/holds?seller_id=a%00b",
+            "/v1/holds?order_id=a%00b",
+            "/v1/audit?object_id=a%00b",
+            "/v1/events?type=a%00b",
+            "/v1/findings?brand=a%00b",
+            "/v1/findings?rights_holder_id=a%00b",
+            "/v1/payouts?party_id=a%00b",
+            "/v1/refunds?seller_id=a%00b&limit=5",
+            "/v1/refunds?starting_after=a%00b",
+            "/v1/ledger/accounts/order:a%00b:escrow",
+            "/v1/sellers/a%00b",
+        ],
+    )
+    def test_a_nul_in_the_url_is_422_for_every_route(self, api: Api, url: str) -> None:
+        """PostgreSQL text cannot hold NUL: a query or path value with one is bad input, never a
+        500 from the driver (it was one on several list filters)."""
+        problem = assert_problem(api.client.get(url, headers=api.key("admin")), 422, "validation_failed")
+        field = "path" if "?" not in url else url.split("?")[1].split("&")[0].split("=")[0]
+        assert problem["errors"] == [{"field": field, "message": "must not contain NUL (%00)"}]
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "/v1/events?after=evt_%C2%B2",  # a superscript two: a digit to isdigit(), not to int()
+            "/v1/events?after=evt_%D9%A1%D9%A2",  # Arabic-Indic digits
+            "/v1/audit?object_id=o-1&starting_after=aud_%C2%B2",
+            "/v1/audit?object_id=o-1&starting_after=aud_" + "9" * 36,  # beyond the bigint column
+        ],
+    )
+    def test_a_cursor_of_other_digits_is_400(self, api: Api, url: str) -> None:
+        assert_problem(api.client.get(url, headers=api.key("admin")), 400, "invalid_cursor")
+
+    def test_a_body_that_is_not_utf8_is_malformed_json(self, api: Api) -> None:
+        response = api.client.post(
+            "/v1/orders",
+            content=b'{"order_id": "\xff\xfe"}',
+            headers={**api.key("checkout"), "Content-Type": "application/json"},
+        )
+        assert_problem(response, 400, "malformed_json")
+
+    def test_a_lone_surrogate_in_a_body_is_422(self, api: Api) -> None:
+        """JSON may escape a lone surrogate, which UTF-8 cannot hold: bad input, not a 500."""
+        headers = {**api.key("checkout"), "Content-Type": "application/json"}
+        for body in (b'{"\\ud800": 1}', b'{"order_id": "\\ud800"}'):
+            assert_problem(api.client.post("/v1/orders", content=body, headers=headers), 422, "validation_failed")
+        assert api.db.count("orders") == 0
+
     def test_invalid_path_id_is_422(self, api: Api) -> None:
         response = api.client.post("/v1/sellers/bad%20id;/deposit", json=DEPOSIT, headers=api.key("finance"))
         assert_problem(response, 422, "validation_failed")
@@ -235,3 +285,10 @@ class TestHealth:
         api.client.get("/healthz")
         metrics = api.client.get("/metrics")
         assert metrics.status_code == 200 and "escrow_http_requests_total" in metrics.text
+
+    def test_a_method_the_client_invents_is_counted_as_other(self, api: Api) -> None:
+        """Every label value is a series kept forever: a client must not be able to add them."""
+        for n in range(3):
+            assert api.client.request(f"BREW{n}", "/healthz").status_code == 405
+        text = api.client.get("/metrics").text
+        assert "BREW" not in text and 'method="other",route="/healthz",status="405"' in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -174,6 +175,27 @@ class TestIntake:
         # be what a read returns (timestamps compared as the strings sent).
         for order in (held, review):
             assert s.call("checkout", "GET", f"/v1/orders/{order['order_id']}").json() == order
+        assert_conserved(s.api)
+
+    @pytest.mark.parametrize("keyed", [False, True])
+    def test_batch_items_json_cannot_write_back_are_answered_not_500(self, s: Session, keyed: bool) -> None:
+        """Batch items stay raw JSON until validated one by one: an integer beyond 64 bits (which
+        the idempotency fingerprint must still hash) and a lone surrogate in an order id (which the
+        answer quotes) are each that item's 422, and the rest of the batch is recorded."""
+        huge = {**an_order(1), "amount": {"amount": 2**70, "currency": "EUR"}}
+        raw = json.dumps({"orders": [huge, {**an_order(2), "order_id": "o-\ud800"}, an_order(3)]})
+        headers = {**s.keys["checkout"], "Content-Type": "application/json"}
+        if keyed:
+            headers["Idempotency-Key"] = "batch-odd-1"
+        response = s.api.client.post("/v1/orders:batch", content=raw, headers=headers)
+        assert response.status_code == 200, response.text
+        results = response.json()["data"]
+        assert [r["status"] for r in results] == [422, 422, 201]
+        assert results[1]["order_id"] == "o-\\ud800"  # quoted as its escape
+        if keyed:
+            again = s.api.client.post("/v1/orders:batch", content=raw, headers=headers)
+            assert again.headers.get("idempotent-replayed") == "true" and again.json() == response.json()
+        assert s.api.db.count("orders") == 1
         assert_conserved(s.api)
 
     def test_batch_is_bounded(self, s: Session) -> None:
@@ -370,6 +392,15 @@ class TestRefunds:
         assert refunded.status_code == 200 and refunded.json()["refund"]["amount"]["amount"] == 6_000
         assert s.balances("o-1") == {"escrowed": 0, "held": 4_000, "released": 0, "refunded": 6_000, "frozen": 0}
         assert_conserved(s.api)
+
+    def test_a_refund_in_another_currency_is_bad_input(self, s: Session) -> None:
+        """As on holds and releases: the amount's currency is the client's mistake (422), not a
+        conflict with the order's state (409)."""
+        s.order()
+        body = {"amount": {"amount": 100, "currency": "USD"}, "reason": "x"}
+        problem = assert_problem(s.call("cp_agent", "POST", "/v1/orders/o-1/refund", body), 422, "invalid_input")
+        assert "EUR" in problem["detail"]
+        assert s.balances("o-1")["escrowed"] == 10_000 and s.api.db.count("outbox_instructions") == 0
 
     def test_no_ordinary_refund_after_confirmation(self, s: Session) -> None:
         s.order()

@@ -26,9 +26,11 @@ def list_audit(
 ) -> Response:
     after = 0
     if starting_after is not None:
-        if not starting_after.startswith("aud_") or not starting_after[4:].isdigit():
+        digits = starting_after[4:]
+        # ASCII digits only (isdigit() takes "²"), and few enough to fit the bigint column.
+        if not starting_after.startswith("aud_") or not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
             raise InvalidCursor("starting_after must be an audit record id such as aud_42")
-        after = int(starting_after[4:])
+        after = int(digits)
     with parts.engine.connect() as conn:
         rows = audit.trail(conn, object_id, after_seq=after, limit=limit + 1)
     data = [{"id": f"aud_{r.pop('seq')}", **r} for r in rows[:limit]]

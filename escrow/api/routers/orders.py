@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from escrow import idempotency
 from escrow.api.deps import Components, Operation, components, json_response, operation_for, require
-from escrow.api.problems import from_error, problem_body
+from escrow.api.problems import echoed, from_error, problem_body
 from escrow.api.schemas import NO_NUL, ExternalId, MoneyIn, Reason, Strict
 from escrow.audit import Actor
 from escrow.auth import Principal, Role
@@ -98,12 +98,12 @@ def create_order(body: OrderIn, op: Annotated[Operation, Depends(operation_for(*
 
 
 def _invalid(index: int, raw: dict[str, Any], exc: ValidationError, request_id: str | None) -> dict[str, Any]:
-    errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+    errors = [{"field": echoed(".".join(str(p) for p in e["loc"])), "message": e["msg"]} for e in exc.errors()]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
     order_id = raw.get("order_id")
     return {
         "index": index,
-        "order_id": order_id if isinstance(order_id, str) else None,
+        "order_id": echoed(order_id) if isinstance(order_id, str) else None,
         "status": 422,
         "problem": problem_body(422, "validation_failed", "Invalid order", detail, request_id, errors=errors),
     }
