@@ -68,6 +68,9 @@ def fingerprint(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
+_CLAIM_ATTEMPTS = 3  # a claimed key deleted under us twice in a row is contention: 409, retry
+
+
 def _insert(dialect: str) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(keys)
 
@@ -93,15 +96,22 @@ def claim(engine: Engine, principal_id: str, key: str, request_hash: str, now: d
     this = and_(keys.c.principal_id == principal_id, keys.c.key == key)
 
     def work(conn: Connection) -> Claim | StoredResponse:
-        inserted = conn.execute(
-            _insert(conn.dialect.name)
-            .values(principal_id=principal_id, key=key, **fresh)
-            .on_conflict_do_nothing(index_elements=["principal_id", "key"])
-            .returning(keys.c.key)
-        ).first()
-        if inserted is not None:
-            return Claim(principal_id, key, token)
-        row = conn.execute(select(keys).where(this).with_for_update()).one()
+        for _ in range(_CLAIM_ATTEMPTS):
+            inserted = conn.execute(
+                _insert(conn.dialect.name)
+                .values(principal_id=principal_id, key=key, **fresh)
+                .on_conflict_do_nothing(index_elements=["principal_id", "key"])
+                .returning(keys.c.key)
+            ).first()
+            if inserted is not None:
+                return Claim(principal_id, key, token)
+            row = conn.execute(select(keys).where(this).with_for_update()).one_or_none()
+            if row is not None:
+                break
+            # The row the insert ran into was deleted before it could be locked (a failed
+            # first attempt released it, or an expired key was purged): insert again.
+        else:
+            raise IdempotencyKeyInUse("this Idempotency-Key is changing hands; retry later")
         if row.expires_at <= now:  # kept 24 h; after that the key starts afresh
             conn.execute(update(keys).where(this).values(**fresh))
             return Claim(principal_id, key, token)

@@ -185,3 +185,58 @@ def test_concurrent_requests_with_one_key_execute_once(pg_db: Any) -> None:
     assert deposit_balance(api) == 5000
     assert pg_db.count("journal_entries") == 1 and pg_db.count("audit_records") == 1
     parts.engine.dispose()
+
+
+@pytest.mark.parametrize("vanishes", [1, 5])
+def test_a_claimed_key_deleted_before_it_is_locked_is_claimed_afresh(
+    pg_db: Any, monkeypatch: pytest.MonkeyPatch, vanishes: int
+) -> None:
+    """PostgreSQL, READ COMMITTED: the claim's insert runs into a running key, whose failed first
+    request then releases (deletes) it before the claim can lock it. The lock finds no row: the
+    claim inserts again and wins (it was a 500). A key that keeps coming back and vanishing is
+    409, retry later."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import delete, insert, select
+
+    from escrow.errors import IdempotencyKeyInUse
+    from escrow.persistence.tables import idempotency_keys as keys
+
+    now = datetime(2026, 11, 29, tzinfo=UTC)
+    first = idempotency.claim(pg_db.engine, "key_a", "k-1", "hash-1", now)
+    with pg_db.engine.connect() as conn:
+        running = dict(conn.execute(select(keys)).one()._mapping)
+    real = idempotency.transaction
+    deleted = [0]
+
+    def elsewhere(statement: Any) -> None:
+        with pg_db.engine.begin() as other:
+            other.execute(statement)
+
+    def interleaved(engine: Any, work: Any) -> Any:
+        def between(conn: Any) -> Any:
+            execute = conn.execute
+
+            def execute_and_race(statement: Any, *args: Any, **kwargs: Any) -> Any:
+                result = execute(statement, *args, **kwargs)
+                if statement.is_insert and deleted[0] < vanishes:  # it met the running key
+                    deleted[0] += 1
+                    elsewhere(delete(keys))  # the first request fails and releases its key
+                elif statement.is_select and deleted[0] < vanishes:  # found none: another first request
+                    elsewhere(insert(keys).values(**running))
+                return result
+
+            conn.execute = execute_and_race
+            return work(conn)
+
+        return real(engine, between)
+
+    monkeypatch.setattr(idempotency, "transaction", interleaved)
+    later = now + timedelta(seconds=1)
+    if vanishes == 1:
+        claim = idempotency.claim(pg_db.engine, "key_a", "k-1", "hash-1", later)
+        assert isinstance(claim, idempotency.Claim) and claim.token != first.token
+    else:
+        with pytest.raises(IdempotencyKeyInUse):
+            idempotency.claim(pg_db.engine, "key_a", "k-1", "hash-1", later)
+    assert pg_db.count("idempotency_keys") == 1
