@@ -201,12 +201,12 @@ class Verification:
     problem: str | None = None
 
 
-def _sealed(conn: Connection) -> Iterator[Any]:
+def _sealed(conn: Connection, upto: int) -> Iterator[Any]:
     after = 0
     while True:
         rows = conn.execute(
             select(audit_records)
-            .where(audit_records.c.chain_pos > after)
+            .where(audit_records.c.chain_pos > after, audit_records.c.chain_pos <= upto)
             .order_by(audit_records.c.chain_pos)
             .limit(_VERIFY_BATCH)
         ).all()
@@ -217,10 +217,17 @@ def _sealed(conn: Connection) -> Iterator[Any]:
 
 
 def verify(engine: Engine) -> Verification:
-    """Recompute the chain from the genesis hash; report the first record that breaks it."""
+    """Recompute the chain from the genesis hash; report the first record that breaks it.
+
+    The head is read first and the chain verified up to it: on PostgreSQL every page is a
+    fresh snapshot, and a sealer that committed while the pages were read moved the head
+    past the last record verified, which read as records removed from the end. What a
+    sealer appends meanwhile is left for the next run.
+    """
     with engine.connect() as conn:
+        head = conn.execute(select(audit_chain_head).where(audit_chain_head.c.id == 1)).one()
         expected_pos, prev = 0, GENESIS_HASH
-        for row in _sealed(conn):
+        for row in _sealed(conn, head.chain_pos):
             expected_pos += 1
             where = f"audit record seq={row.seq} at chain position {row.chain_pos}"
             if row.chain_pos != expected_pos:
@@ -240,8 +247,19 @@ def verify(engine: Engine) -> Verification:
             if _digest(expected_pos, prev, row) != row.hash:
                 return Verification(False, expected_pos - 1, 0, f"{where} was altered after sealing")
             prev = row.hash
-        head = conn.execute(select(audit_chain_head).where(audit_chain_head.c.id == 1)).one()
         unsealed = len(conn.execute(select(audit_records.c.seq).where(audit_records.c.chain_pos.is_(None))).all())
+        beyond = conn.execute(
+            select(audit_records.c.seq).where(audit_records.c.chain_pos > head.chain_pos).limit(1)
+        ).first()
+        # A sealer commits its records and the head together: records past the head read
+        # first are a sealer's only if the head has moved since; otherwise they were added.
+        if beyond is not None and conn.execute(select(audit_chain_head.c.chain_pos)).scalar_one() == head.chain_pos:
+            return Verification(
+                False,
+                expected_pos,
+                unsealed,
+                f"audit record seq={beyond.seq} is sealed past the chain's head ({head.chain_pos}): it was added",
+            )
     if head.chain_pos != expected_pos or head.hash != prev:
         return Verification(
             False,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, text
@@ -145,6 +147,13 @@ class TestChain:
             ("DELETE FROM audit_records WHERE seq = 4", "position 4"),
             ("DELETE FROM audit_records WHERE seq = 10", "removed"),
             (
+                "INSERT INTO audit_records"
+                " (occurred_at, actor, role, action, object_id, data, chain_pos, prev_hash, hash)"
+                " SELECT occurred_at, actor, role, action, object_id, data, 11, hash, hash"
+                " FROM audit_records WHERE seq = 10",
+                "past the chain's head",
+            ),
+            (
                 "UPDATE audit_records SET chain_pos = CASE seq WHEN 2 THEN 6 WHEN 6 THEN 2 END, "
                 "prev_hash = prev_hash WHERE seq IN (2, 6)",
                 "position 2",
@@ -166,6 +175,30 @@ class TestChain:
         code, output = verify_cli(db)
         assert code != 0
         assert "BROKEN" in output and named in output, output
+
+    def test_a_seal_committed_while_verifying_is_not_tampering(
+        self, db: TestDB, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On PostgreSQL each page of the chain is read in a fresh snapshot: a sealer committing
+        between the pages moved the head past what was verified, which read as records removed."""
+        write_records(db, 5)
+        audit.seal_all(db.engine)
+        write_records(db, 3)
+        pages = audit._sealed
+
+        def sealed_meanwhile(conn: Connection, upto: int) -> Iterator[Any]:
+            for n, row in enumerate(pages(conn, upto)):
+                if n == 0 and db.kind == "postgres":  # SQLite's reader holds the write lock
+                    assert audit.seal(db.engine) == 3
+                yield row
+
+        monkeypatch.setattr(audit, "_sealed", sealed_meanwhile)
+        result = audit.verify(db.engine)
+        assert result.ok, result.problem
+        assert result.sealed == 5
+        monkeypatch.undo()
+        audit.seal_all(db.engine)
+        assert audit.verify(db.engine).sealed == 8
 
     def test_records_committed_late_are_sealed_later_without_forking(self, db: TestDB) -> None:
         """A record that commits after later ones were sealed is appended, not inserted back."""
