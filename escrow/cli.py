@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
+from collections.abc import Callable
 from typing import Annotated
 
 import structlog
@@ -96,24 +97,32 @@ def worker(
     policy = outbox_worker.Policy.of(settings)
     typer.echo("worker started", err=True)
     log = structlog.get_logger("escrow.worker")
+    jobs: list[tuple[str, Callable[[], int | None]]] = [
+        ("expire_holds", lambda: expire_due(engine, clock.now())),
+        # Before payouts, the waterfall; the sweep also skips a seller who still owes.
+        ("recover_advance_refunds", lambda: recover_outstanding(engine, clock.now(), settings.policies)),
+        ("sweep_payouts", lambda: sweep(engine, clock.now()) if settings.payout_sweep else None),
+        ("deliver_outbox", lambda: outbox_worker.deliver_due(engine, rails, clock, policy)),
+        ("publish_events", lambda: events.publish(engine)),
+        ("seal_audit", lambda: audit.seal_all(engine)),
+        ("purge_idempotency_keys", lambda: idempotency.purge_expired(engine, clock.now())),
+    ]
     frozen = False
     while True:
         delivered = 0
-        try:
-            expire_due(engine, clock.now())
-            recover_outstanding(engine, clock.now(), settings.policies)  # before payouts: the waterfall
-            if settings.payout_sweep:
-                sweep(engine, clock.now())
-            delivered = outbox_worker.deliver_due(engine, rails, clock, policy)
-            events.publish(engine)
-            audit.seal_all(engine)
-            idempotency.purge_expired(engine, clock.now())
-        except Exception:
-            # A failed round (database restarting, say) is logged and retried next interval:
-            # every job is idempotent and leaves nothing half done, so skipping one is safe.
-            if once:
-                raise
-            log.exception("worker_round_failed")
+        for name, job in jobs:
+            try:
+                done = job()
+            except Exception:
+                # A failed job (database restarting, a row it cannot handle) is logged and
+                # retried next round; every job is idempotent and leaves nothing half done.
+                # The others still run: a payout that fails must not stop the audit chain.
+                if once:
+                    raise
+                log.exception("worker_job_failed", job=name)
+                continue
+            if name == "deliver_outbox":
+                delivered = int(done or 0)
         if once:
             return
         if not frozen:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import structlog
 from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 
 from escrow import audit, events
@@ -24,6 +25,8 @@ from escrow.persistence.db import transaction
 from escrow.persistence.tables import holds
 from escrow.service.orders import hold_view, lock_order, parts_of, place_hold_locked, save_parts, seller_is_frozen
 from escrow.settings import Policies
+
+log = structlog.get_logger(__name__)
 
 LIVE = ("active", "contested")
 
@@ -292,5 +295,8 @@ def expire_due(engine: Engine, now: datetime, *, batch: int = EXPIRE_BATCH_MAX) 
             )
             return True
 
-        ended += int(transaction(engine, end))
+        try:
+            ended += int(transaction(engine, end))
+        except Exception:  # one hold that cannot end must not keep the others past their deadline
+            log.exception("hold_expiry_failed", hold_id=hold_id)
     return ended

@@ -208,6 +208,9 @@ def sweep(engine: Engine, now: datetime, *, batch: int = SWEEP_BATCH_MAX) -> int
             made = transaction(engine, work)
         except InsufficientFunds:
             continue  # another worker paid this balance out a moment ago
+        except Exception:  # one seller that cannot be paid must not stop the others' payouts
+            log.exception("payout_sweep_failed", seller_id=seller_id, currency=currency)
+            continue
         if made is not None:
             created += 1
             log.info("payout_created", payout_id=made, seller_id=seller_id, currency=currency)

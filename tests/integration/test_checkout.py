@@ -314,6 +314,32 @@ class TestHolds:
         assert s.balances("o-1")["escrowed"] == 10_000
         assert_conserved(s.api)
 
+    def test_a_hold_that_cannot_end_does_not_keep_the_others(self, s: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each due hold ends in its own transaction; one that fails (logged, tried again next
+        round) must not keep the holds after it past their deadlines."""
+        from escrow.service import holds as hold_service
+
+        s.order(1)
+        s.order(2)
+        first = s.hold("o-1", 1_000, expires_at=(s.api.clock.now() + timedelta(days=1)).isoformat())
+        second = s.hold("o-2", 2_000, expires_at=(s.api.clock.now() + timedelta(days=2)).isoformat())
+        s.api.clock.advance(timedelta(days=3))
+        release = hold_service.release_locked
+
+        def fails_for_the_first(conn: Any, actor: Any, now: Any, o: Any, h: Any, **kwargs: Any) -> Any:
+            if h.id == first["id"]:
+                raise RuntimeError("a hold the worker cannot end")
+            return release(conn, actor, now, o, h, **kwargs)
+
+        monkeypatch.setattr(hold_service, "release_locked", fails_for_the_first)
+        assert expire_due(s.api.parts.engine, s.api.clock.now()) == 1
+        assert s.call("checkout", "GET", f"/v1/holds/{second['id']}").json()["status"] == "expired"
+        assert s.call("checkout", "GET", f"/v1/holds/{first['id']}").json()["status"] == "active"
+        monkeypatch.undo()
+        assert expire_due(s.api.parts.engine, s.api.clock.now()) == 1  # the next round ends it
+        assert s.balances("o-1")["escrowed"] == 10_000 and s.balances("o-2")["escrowed"] == 10_000
+        assert_conserved(s.api)
+
     def test_holds_expire_at_their_deadline_once(self, s: Session) -> None:
         s.order(1)
         s.order(2)

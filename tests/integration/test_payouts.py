@@ -7,6 +7,7 @@ import structlog
 from cryptography.fernet import Fernet
 from sqlalchemy import select, text
 
+from escrow.limits import AMOUNT_MINOR_MAX
 from escrow.persistence.tables import outbox_instructions
 from escrow.service.payout_accounts import AccountCipher, mask_iban
 from tests.integration.conftest import Api
@@ -102,6 +103,21 @@ class TestPayoutFlow:
         assert w.payouts()[0]["status"] == "paid"
         assert balance(w.api, "in_transit:payouts") == 0 and balance(w.api, "clearing:bank") == 15_000
         assert [e["data"]["payout_id"] for e in events_of(w, "payout.paid")] == [p["id"]]  # type: ignore[index]
+        assert_outbox_invariants(w)
+
+    def test_a_seller_that_cannot_be_paid_does_not_stop_the_others(self, w: World) -> None:
+        """Two orders of the largest amount make a payable balance above what one payout may
+        carry (10^15 minor units): that seller's payout fails, every round, and is logged;
+        the sweep still pays the next seller (it used to stop the whole worker round)."""
+        w.account("s-1")
+        w.account("s-2")
+        w.confirmed_order(1, AMOUNT_MINOR_MAX)
+        w.confirmed_order(2, AMOUNT_MINOR_MAX)
+        w.confirmed_order(3, 7_000, seller="s-2")
+        assert w.sweep() == 1
+        [p] = w.payouts()
+        assert p["amount"] == {"amount": 7_000, "currency": "EUR"}
+        assert balance(w.api, "seller:s-1:payable") == 2 * AMOUNT_MINOR_MAX
         assert_outbox_invariants(w)
 
     def test_no_account_or_frozen_seller_is_not_paid(self, w: World) -> None:
