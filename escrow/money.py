@@ -17,15 +17,22 @@ from escrow.errors import InvalidMoney
 from escrow.limits import AMOUNT_MINOR_MAX
 
 
-@lru_cache(maxsize=512)
 def currency_exponent(code: str) -> int:
     """Decimal places of `code`; raises InvalidMoney for unknown codes and non-currencies.
 
-    Codes without an exponent (XAU, XXX, …) are precious metals, funds or placeholders: no
-    buyer pays with them, so they are refused rather than guessed.
+    Codes without an exponent (XAU, XDR, XXX, …) are precious metals, units of account or
+    placeholders: no buyer pays with them, so they are refused rather than guessed. Fund
+    codes (BOV, CLF, USN, …) have an exponent in the list and pass: they are ISO 4217
+    currencies, and which ones a payment may use is the payment provider's to decide.
     """
+    # Checked before the cache, which would fail on an unhashable value with a TypeError.
     if not isinstance(code, str) or len(code) != 3 or not code.isascii() or not code.isupper():
         raise InvalidMoney(f"currency must be a 3-letter upper-case ISO 4217 code, got {code!r}")
+    return _exponent(code)
+
+
+@lru_cache(maxsize=512)
+def _exponent(code: str) -> int:
     try:
         exponent = iso4217.Currency(code).exponent
     except ValueError:

@@ -28,6 +28,8 @@ class TestParse:
             {"amount": 100, "currency": "ZZZ"},
             {"amount": 100, "currency": "XAU"},
             {"amount": 100, "currency": 978},
+            {"amount": 100, "currency": ["EUR"]},  # unhashable: InvalidMoney, not the cache's TypeError
+            {"amount": 100, "currency": {"code": "EUR"}},
             {"amount": 0, "currency": "EUR"},
             {"amount": -1, "currency": "EUR"},
             {"amount": AMOUNT_MINOR_MAX + 1, "currency": "EUR"},
