@@ -400,7 +400,7 @@ def main() -> None:
             settle(url)
             mixed = wrk(server, connections=args.connections, seconds=args.seconds, match=True)
             steps = []
-            for c in (1, 2, 3, 4, 6, 8):
+            for c in (1, 2, 3, 4, 5, 6, 7, 8):
                 settle(url)
                 steps.append(wrk(server, connections=c, seconds=args.seconds, match=False))
             below = [s for s in steps if s["rate"] <= 0.8 * top["rate"]]
