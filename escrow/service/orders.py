@@ -415,8 +415,11 @@ BULK_SQL = (
     " escrow_account text, audit_data json, event_data json, ord int)),"
     " new_orders AS (INSERT INTO orders (" + ", ".join(_ORDER_COLUMNS) + ")"
     " SELECT order_id, buyer_id, seller_id, listing_id, title, currency, amount, payment_method, payment_reference,"
-    " jurisdiction, 'escrowed', amount, 0, 0, 0, 0, screening, request_hash, %s FROM v ORDER BY ord"
-    " ON CONFLICT (order_id) DO NOTHING RETURNING order_id),"
+    " jurisdiction, 'escrowed', amount, 0, 0, 0, 0, screening, request_hash, %s FROM v"
+    # In order-id order, not the request's: two batches holding the same ids (a retry while
+    # the first attempt runs) then take them in the same order, and one waits instead of
+    # deadlocking. Audit records and events keep the request's order below.
+    " ORDER BY order_id ON CONFLICT (order_id) DO NOTHING RETURNING order_id),"
     " ins AS (SELECT v.* FROM v JOIN new_orders USING (order_id)),"
     " entries AS (INSERT INTO journal_entries (id, kind, created_at, reverses_id, request_id, memo)"
     " SELECT entry_id, 'order_paid', %s, NULL, %s, NULL FROM ins),"

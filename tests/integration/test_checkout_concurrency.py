@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -147,4 +148,43 @@ def test_one_order_posted_by_eight_clients_at_once_is_booked_once(pg_db: TestDB)
         assert all(b == bodies[0] for b in bodies)
     assert pg_db.count("journal_entries") == 5
     assert pg_db.count("audit_records") == 5  # one per order
+    assert_conserved(api)
+
+
+def test_two_batches_of_the_same_orders_in_opposite_orders_do_not_deadlock(pg_db: TestDB) -> None:
+    """A checkout that retries a batch while the first attempt still runs can send the same
+    order ids in another order. Inserted in request order, each batch took ids the other then
+    waited for: a deadlock (PostgreSQL breaks it after a second; the route then fell back to
+    one order at a time). Made certain here: a third transaction holds the middle id, both
+    batches insert up to it and wait, then it rolls back and both go on."""
+    from escrow.audit import Actor
+    from escrow.idempotency import fingerprint
+    from escrow.money import Money
+    from escrow.service.orders import NewOrder, record_orders_bulk
+    from escrow.service.screening import Screening
+
+    api = pg_api(pg_db)
+    actor, now, policies = Actor("key_test", "checkout"), api.clock.now(), api.parts.settings.policies
+
+    def order(i: int) -> tuple[NewOrder, Screening]:
+        new = NewOrder(f"o-{i:02d}", "b", "s-1", f"l-{i}", "Leather wallet", Money(1000 + i, "EUR"),
+                       "card", f"p-{i}", "EU", fingerprint("POST", "/v1/orders", {"i": i}))  # fmt: skip
+        return new, Screening("pass")
+
+    ids = list(range(21))
+    with pg_db.engine.connect() as middle:
+        held = middle.begin()
+        record_orders_bulk(middle, actor, now, [order(10)], policies)
+
+        def batch(order_ids: list[int]) -> int:
+            with pg_db.engine.begin() as conn:
+                return len(record_orders_bulk(conn, actor, now, [order(i) for i in order_ids], policies))
+
+        def release_the_middle() -> None:
+            time.sleep(0.5)  # both batches are waiting for the middle id by now
+            held.rollback()
+
+        results = run_together(lambda: batch(ids), lambda: batch(ids[::-1]), release_the_middle)
+    assert results[:2] == [21, 21], results  # a DeadlockDetected here was the bug
+    assert pg_db.count("orders") == pg_db.count("journal_entries") == 21
     assert_conserved(api)
