@@ -68,7 +68,7 @@ def fingerprint(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-_CLAIM_ATTEMPTS = 3  # a claimed key deleted under us twice in a row is contention: 409, retry
+_CLAIM_ATTEMPTS = 3  # a key deleted under the claim this often in a row is contention: 409, retry later
 
 
 def _insert(dialect: str) -> Any:

@@ -39,6 +39,7 @@ from escrow.errors import EscrowError
 
 log = structlog.get_logger(__name__)
 
+_BODY_NOT_PARSED = "There was an error parsing the body"  # FastAPI's 400 when a JSON body cannot be read
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
@@ -75,11 +76,12 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)  # noqa: S101  # registered for this class only
-    if exc.status_code == 400:  # FastAPI's "error parsing the body": JSON that is not UTF-8, say
+    if exc.status_code == 400 and exc.detail == _BODY_NOT_PARSED:  # JSON that is not UTF-8, say
         return problem_response(
             problem_body(
                 400, "malformed_json", "Malformed JSON", "the body is not valid UTF-8 JSON", _request_id(request)
-            )
+            ),
+            headers=dict(exc.headers or {}),
         )
     code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
     detail = (

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from escrow.limits import LEDGER_RETRY_ATTEMPTS_MAX
 
@@ -195,6 +195,44 @@ def _run_on(engine: Engine, work: Callable[[Any], T]) -> T:
         return work(pooled.dbapi_connection)
     finally:
         pooled.close()  # back to the pool
+
+
+class ItemsFailed(Exception):
+    """Some items of a background job failed alone; the others were done (see `Each`)."""
+
+
+class Each:
+    """Per-item isolation for a background job (hold expiry, payout sweep).
+
+    One item that fails (a row the code cannot handle) is logged and skipped, so it does
+    not keep the items after it waiting; `done()` then raises ItemsFailed, so the job still
+    reports failure (`escrow worker --once` exits non-zero). The database itself failing
+    (a lost or refused connection, an operational error) fails every item alike: that is
+    raised at once, as one error, instead of a traceback per item.
+    """
+
+    def __init__(self, job: str) -> None:
+        self.job = job
+        self.failed: list[str] = []
+
+    def run(self, item: str, work: Callable[[], T]) -> T | None:
+        try:
+            return work()
+        except DBAPIError as exc:
+            if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+                raise
+            self._failed(item)
+        except Exception:
+            self._failed(item)
+        return None
+
+    def _failed(self, item: str) -> None:
+        self.failed.append(item)
+        log.exception("job_item_failed", job=self.job, item=item)
+
+    def done(self) -> None:
+        if self.failed:
+            raise ItemsFailed(f"{self.job}: {len(self.failed)} failed, first {self.failed[:5]}; see job_item_failed")
 
 
 def transaction(engine: Engine, work: Callable[[Connection], T]) -> T:

@@ -6,11 +6,11 @@ order can never deadlock and always see each other's result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-import structlog
 from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 
 from escrow import audit, events
@@ -21,12 +21,10 @@ from escrow.ledger import Ledger, transfer
 from escrow.ledger.chart import order_escrow, order_held, seller_account
 from escrow.limits import EXPIRE_BATCH_MAX
 from escrow.money import Money
-from escrow.persistence.db import transaction
+from escrow.persistence.db import Each, transaction
 from escrow.persistence.tables import holds
 from escrow.service.orders import hold_view, lock_order, parts_of, place_hold_locked, save_parts, seller_is_frozen
 from escrow.settings import Policies
-
-log = structlog.get_logger(__name__)
 
 LIVE = ("active", "contested")
 
@@ -281,6 +279,7 @@ def expire_due(engine: Engine, now: datetime, *, batch: int = EXPIRE_BATCH_MAX) 
             .all()
         )
     ended = 0
+    each = Each("expire_holds")
     for hold_id in candidates:
 
         def end(conn: Connection, hold_id: str = hold_id) -> bool:
@@ -295,8 +294,10 @@ def expire_due(engine: Engine, now: datetime, *, batch: int = EXPIRE_BATCH_MAX) 
             )
             return True
 
-        try:
-            ended += int(transaction(engine, end))
-        except Exception:  # one hold that cannot end must not keep the others past their deadline
-            log.exception("hold_expiry_failed", hold_id=hold_id)
+        def end_alone(end: Callable[[Connection], bool] = end) -> bool:
+            return transaction(engine, end)
+
+        # One hold that cannot end must not keep the others past their deadlines.
+        ended += int(each.run(hold_id, end_alone) or False)
+    each.done()
     return ended

@@ -18,6 +18,7 @@ paid into again and again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +34,7 @@ from escrow.ledger import Ledger, transfer
 from escrow.ledger.chart import IN_TRANSIT_PAYOUTS, seller_account
 from escrow.money import Money
 from escrow.outbox import Outcome
-from escrow.persistence.db import transaction
+from escrow.persistence.db import Each, transaction
 from escrow.persistence.tables import ledger_balances, payout_accounts, payouts
 from escrow.service.orders import seller_is_frozen
 from escrow.service.payout_accounts import destination_of
@@ -198,22 +199,25 @@ def sweep(engine: Engine, now: datetime, *, batch: int = SWEEP_BATCH_MAX) -> int
             .limit(batch)
         ).all()
     created = 0
+    each = Each("sweep_payouts")
     for account, currency in candidates:
         seller_id = account[len("seller:") : -len(":payable")]
 
         def work(conn: Connection, s: str = seller_id, c: str = currency) -> str | None:
             return _pay_out_seller(conn, s, c, now)
 
-        try:
-            made = transaction(engine, work)
-        except InsufficientFunds:
-            continue  # another worker paid this balance out a moment ago
-        except Exception:  # one seller that cannot be paid must not stop the others' payouts
-            log.exception("payout_sweep_failed", seller_id=seller_id, currency=currency)
-            continue
+        def pay(work: Callable[[Connection], str | None] = work) -> str | None:
+            try:
+                return transaction(engine, work)
+            except InsufficientFunds:
+                return None  # another worker paid this balance out a moment ago
+
+        # One seller that cannot be paid must not stop the others' payouts.
+        made = each.run(f"{seller_id} {currency}", pay)
         if made is not None:
             created += 1
             log.info("payout_created", payout_id=made, seller_id=seller_id, currency=currency)
+    each.done()
     return created
 
 

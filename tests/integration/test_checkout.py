@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from escrow.persistence.db import ItemsFailed
 from escrow.service.holds import expire_due
 from tests.integration.checkout_support import an_order, assert_conserved
 from tests.integration.conftest import Api
@@ -198,6 +199,19 @@ class TestIntake:
         assert s.api.db.count("orders") == 1
         assert_conserved(s.api)
 
+    @pytest.mark.parametrize("keyed", [False, True])
+    def test_a_batch_item_nested_too_deep_is_refused_whole(self, s: Session, keyed: bool) -> None:
+        """Raw items go whole into the idempotency fingerprint, whose serializer fails at ~260
+        levels (a 500 with a key). Far past any order's shape, the batch is refused."""
+        deep: Any = "x"
+        for _ in range(300):
+            deep = [deep]
+        batch = {"orders": [an_order(1), {**an_order(2), "extra": deep}]}
+        headers = {"Idempotency-Key": "batch-deep-1"} if keyed else {}
+        response = s.api.client.post("/v1/orders:batch", json=batch, headers={**s.keys["checkout"], **headers})
+        assert_problem(response, 422, "validation_failed")
+        assert s.api.db.count("orders") == 0
+
     def test_batch_is_bounded(self, s: Session) -> None:
         response = s.call("checkout", "POST", "/v1/orders:batch", {"orders": [an_order(i) for i in range(1001)]})
         assert_problem(response, 422, "validation_failed")
@@ -316,7 +330,7 @@ class TestHolds:
 
     def test_a_hold_that_cannot_end_does_not_keep_the_others(self, s: Session, monkeypatch: pytest.MonkeyPatch) -> None:
         """Each due hold ends in its own transaction; one that fails (logged, tried again next
-        round) must not keep the holds after it past their deadlines."""
+        round) must not keep the holds after it past their deadlines. The job still fails."""
         from escrow.service import holds as hold_service
 
         s.order(1)
@@ -332,7 +346,8 @@ class TestHolds:
             return release(conn, actor, now, o, h, **kwargs)
 
         monkeypatch.setattr(hold_service, "release_locked", fails_for_the_first)
-        assert expire_due(s.api.parts.engine, s.api.clock.now()) == 1
+        with pytest.raises(ItemsFailed, match="expire_holds: 1 failed"):  # reported after the others
+            expire_due(s.api.parts.engine, s.api.clock.now())
         assert s.call("checkout", "GET", f"/v1/holds/{second['id']}").json()["status"] == "expired"
         assert s.call("checkout", "GET", f"/v1/holds/{first['id']}").json()["status"] == "active"
         monkeypatch.undo()

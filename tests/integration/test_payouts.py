@@ -8,6 +8,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select, text
 
 from escrow.limits import AMOUNT_MINOR_MAX
+from escrow.persistence.db import ItemsFailed
 from escrow.persistence.tables import outbox_instructions
 from escrow.service.payout_accounts import AccountCipher, mask_iban
 from tests.integration.conftest import Api
@@ -108,13 +109,15 @@ class TestPayoutFlow:
     def test_a_seller_that_cannot_be_paid_does_not_stop_the_others(self, w: World) -> None:
         """Two orders of the largest amount make a payable balance above what one payout may
         carry (10^15 minor units): that seller's payout fails, every round, and is logged;
-        the sweep still pays the next seller (it used to stop the whole worker round)."""
+        the sweep still pays the next seller, then reports the failure (it used to stop at
+        the failing seller, and the whole worker round with it)."""
         w.account("s-1")
         w.account("s-2")
         w.confirmed_order(1, AMOUNT_MINOR_MAX)
         w.confirmed_order(2, AMOUNT_MINOR_MAX)
         w.confirmed_order(3, 7_000, seller="s-2")
-        assert w.sweep() == 1
+        with pytest.raises(ItemsFailed, match="sweep_payouts: 1 failed"):
+            w.sweep()
         [p] = w.payouts()
         assert p["amount"] == {"amount": 7_000, "currency": "EUR"}
         assert balance(w.api, "seller:s-1:payable") == 2 * AMOUNT_MINOR_MAX

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends
-from pydantic import Field, StrictStr, ValidationError
+from pydantic import Field, StrictStr, ValidationError, field_validator
 from sqlalchemy import Connection
 from starlette.responses import Response
 
@@ -51,8 +51,25 @@ class OrderIn(Strict):
     jurisdiction: Annotated[StrictStr, Field(min_length=2, max_length=8, pattern=r"^[A-Z]{2,8}$")]
 
 
+BATCH_ITEM_NESTING_MAX = 16  # an order is 3 levels deep; anything far deeper is refused whole
+
+
 class BatchIn(Strict):
     orders: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=BATCH_ORDERS_MAX)]
+
+    @field_validator("orders")
+    @classmethod
+    def _not_too_deep(cls, orders: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The items stay raw JSON until each is validated, and travel whole into the
+        idempotency fingerprint, whose serializer refuses deep nesting (a 500 at ~260 levels)."""
+        level: list[Any] = list(orders)
+        for _ in range(BATCH_ITEM_NESTING_MAX):
+            level = [
+                v for x in level for v in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ())
+            ]
+            if not level:
+                return orders
+        raise ValueError(f"an order is nested more than {BATCH_ITEM_NESTING_MAX} levels deep")
 
 
 class RefundIn(Strict):
