@@ -164,7 +164,7 @@ class RequestContext:
             media = _unsupported_media_type(scope)
             declared = _header(scope, b"content-length")
             nul = _nul_in_url(scope)
-            if declared.isdigit() and int(declared) > REQUEST_BODY_BYTES_MAX:
+            if declared.isascii() and declared.isdigit() and int(declared) > REQUEST_BODY_BYTES_MAX:
                 await send_problem(_too_large(request_id))
             elif nul is not None:
                 message = "must not contain NUL (%00)"
