@@ -29,6 +29,7 @@ import argparse
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -327,6 +328,51 @@ def direct_sql(url: str, *, clients: int, seconds: float) -> float:
     return done[0] / (time.perf_counter() - started)
 
 
+class CpuMeter:
+    """CPU time (user + system) of the server's processes by role, from /proc (Linux).
+
+    This machine's speed drifts, by half from one day to the next: the rates say how fast,
+    the CPU an order costs each process says whose cost changed, the code's or the machine's.
+    PostgreSQL is every process named `postgres` (nothing else uses it during the API's
+    rounds); wrk's share is its rusage, counted when it exits.
+    """
+
+    def __init__(self, server: Server, *, postgres: bool) -> None:
+        self.server = server
+        self.roles = ("API", "PostgreSQL", "worker", "wrk") if postgres else ("API", "worker", "wrk")
+        self.available = Path("/proc/stat").exists()
+
+    def snapshot(self) -> dict[str, float]:
+        if not self.available:
+            return {}
+        tick = os.sysconf("SC_CLK_TCK")
+        api_root, worker = self.server.proc.pid, self.server.worker.pid
+        seconds = dict.fromkeys(self.roles, 0.0)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                head, _, tail = stat.read_text().rpartition(")")
+            except OSError:  # gone meanwhile
+                continue
+            fields = tail.split()
+            pid, parent, comm = int(stat.parent.name), int(fields[1]), head.partition("(")[2]
+            role = (
+                "API" if api_root in (pid, parent)
+                else "worker" if pid == worker
+                else "PostgreSQL" if comm == "postgres"
+                else None
+            )  # fmt: skip
+            if role in seconds:
+                seconds[role] += (int(fields[11]) + int(fields[12])) / tick
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seconds["wrk"] = children.ru_utime + children.ru_stime
+        return seconds
+
+    def per_order(self, before: dict[str, float], after: dict[str, float], orders: float) -> str:
+        if not before or orders <= 0:
+            return "n/a (no /proc)"
+        return ", ".join(f"{role} {(after[role] - before[role]) / orders * 1e6:.0f}" for role in self.roles)
+
+
 def settle(url: str, timeout_s: float = 180.0) -> None:
     """Wait until the worker has sealed and published everything committed so far.
 
@@ -389,13 +435,18 @@ def main() -> None:
             # publishing what direct SQL inserts, on the same cores; the API sits idle then.
             runs: list[dict[str, float]] = []
             directs: list[float] = []
+            meter = CpuMeter(server, postgres=pg)
+            cpus: list[str] = []
             for _ in range(3):
                 settle(url)
+                before = meter.snapshot()
                 runs.append(wrk(server, connections=args.connections, seconds=args.seconds, match=False))
+                cpus.append(meter.per_order(before, meter.snapshot(), runs[-1]["rate"] * args.seconds))
                 if pg:
                     settle(url)
                     directs.append(direct_sql(url, clients=args.connections, seconds=args.seconds))
-            top = max(runs, key=lambda r: r["rate"])
+            best = max(range(len(runs)), key=lambda i: runs[i]["rate"])
+            top = runs[best]
             direct = max(directs) if pg else None
             settle(url)
             mixed = wrk(server, connections=args.connections, seconds=args.seconds, match=True)
@@ -422,6 +473,7 @@ def main() -> None:
         if directs:
             rounds = [f"{a}/{d:.0f}" for a, d in zip(rounds, directs, strict=True)]
         print("  rounds, API" + ("/direct SQL" if directs else "") + ": " + ", ".join(rounds))
+        print(f"  {'CPU per order at the maximum':<32}{cpus[best]} (us)")
         for name, r in (("POST /v1/orders (all pass)", top), ("orders 20% held + releases", mixed)):
             print(
                 f"  {name:<32}{r['rate']:8.0f} req/s   p50 {r['p50']:6.2f} ms   p99 {r['p99']:6.2f} ms"
