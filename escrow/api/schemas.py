@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from escrow.errors import InvalidMoney
 from escrow.limits import AMOUNT_MINOR_MAX, REASON_CHARS_MAX
@@ -44,3 +45,15 @@ NO_NUL = r"^[^\x00]*$"
 
 Reason = Annotated[StrictStr, Field(min_length=1, max_length=REASON_CHARS_MAX, pattern=NO_NUL)]
 ExternalId = Annotated[StrictStr, Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00:00-05:00 is in year 10000 in UTC
+        raise ValueError("is out of range once converted to UTC") from None
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+"""A timestamp with an explicit offset, converted to UTC on the way in: DESIGN §5 says every
+timestamp is RFC 3339 UTC, and a client's offset must not reach a stored event or audit record."""

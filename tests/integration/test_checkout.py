@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from escrow.persistence.db import ItemsFailed
 from escrow.service.holds import expire_due
@@ -49,6 +50,11 @@ class Session:
 @pytest.fixture
 def s(api: Api) -> Session:
     return Session(api)
+
+
+def _utc(moment: datetime) -> str:
+    """How the API writes a timestamp: RFC 3339 in UTC, with Z."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class TestIntake:
@@ -298,6 +304,36 @@ class TestHolds:
             403,
             "forbidden",
         )
+
+    def test_deadlines_sent_with_an_offset_are_kept_and_published_in_utc(self, s: Session) -> None:
+        """DESIGN §5: timestamps are RFC 3339 UTC. A deadline sent as +05:00 is the same
+        instant everywhere it appears, the event feed and the audit trail included (the
+        extension's event used to repeat the client's offset)."""
+        s.order()
+        plus5 = timezone(timedelta(hours=5))
+        placed_at = (s.api.clock.now() + timedelta(days=30)).replace(microsecond=0)
+        extended_to = placed_at + timedelta(days=60)
+        hold = s.hold("o-1", 1_000, expires_at=placed_at.astimezone(plus5).isoformat())
+        assert hold["expires_at"] == _utc(placed_at)
+        body = {"expires_at": extended_to.astimezone(plus5).isoformat(), "reason": "court date"}
+        extended = s.call("ip_staff", "POST", f"/v1/holds/{hold['id']}/extend", body)
+        assert extended.status_code == 200, extended.text
+        assert extended.json()["expires_at"] == _utc(extended_to)
+        [event] = s.call("checkout", "GET", "/v1/events?type=hold.extended").json()["data"]
+        assert event["data"]["expires_at"] == _utc(extended_to)
+        with s.api.parts.engine.connect() as conn:
+            data = conn.execute(text("SELECT data FROM audit_records WHERE action = 'hold.extended'")).scalar_one()
+        recorded = json.loads(data) if isinstance(data, str) else data
+        assert recorded == {"from": placed_at.isoformat(), "to": extended_to.isoformat()}
+
+    def test_a_deadline_beyond_the_calendar_in_utc_is_refused(self, s: Session) -> None:
+        """9999-12-31T23:00-05:00 is in the year 10000 in UTC: a 422, not an overflow's 500."""
+        s.order()
+        body = {"order_id": "o-1", "reason": "x", "expires_at": "9999-12-31T23:00:00-05:00"}
+        response = s.call("ip_staff", "POST", "/v1/holds", body)
+        assert_problem(response, 422, "validation_failed")
+        assert "UTC" in response.json()["detail"]
+        assert s.balances("o-1")["held"] == 0
 
     def test_naive_deadline_is_refused(self, s: Session) -> None:
         s.order()

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime, Field, StrictStr
+from pydantic import Field, StrictStr
 from starlette.responses import Response
 
 from escrow.api.deps import Components, Operation, components, json_response, operation_for, require, visible
-from escrow.api.schemas import NO_NUL, ExternalId, Reason, Strict
+from escrow.api.schemas import NO_NUL, ExternalId, Reason, Strict, UtcDatetime
 from escrow.auth import Principal, Role
 from escrow.limits import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX
 from escrow.screening.limits import BRAND_CHARS_MAX, IDS_PER_FINDING_MAX, PATTERNS_PER_FINDING_MAX, TITLE_CHARS_MAX
@@ -49,7 +49,7 @@ class FindingIn(Strict):
     jurisdiction: Annotated[StrictStr, Field(min_length=1, max_length=8, pattern=NO_NUL)] | None = None
     severity: Literal["low", "medium", "high", "critical"] | None = None
     evidence_url: Annotated[StrictStr, Field(max_length=2000, pattern=r"^https?://\S+$")] | None = None
-    expires_at: AwareDatetime | None = None
+    expires_at: UtcDatetime | None = None
 
     def command(self, principal: Principal) -> NewFinding:
         """The finding to register, with a rights holder's scope applied."""

@@ -6,12 +6,12 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime, Field, StrictStr
+from pydantic import Field, StrictStr
 from starlette.responses import Response
 
 from escrow.api.deps import Components, Operation, components, json_response, operation_for, require
 from escrow.api.routers.orders import STAFF
-from escrow.api.schemas import NO_NUL, ExternalId, MoneyIn, Reason, Strict
+from escrow.api.schemas import NO_NUL, ExternalId, MoneyIn, Reason, Strict, UtcDatetime
 from escrow.auth import Principal, Role
 from escrow.limits import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX
 from escrow.persistence.tables import HOLD_STATUSES
@@ -27,7 +27,7 @@ class HoldIn(Strict):
     amount: MoneyIn | None = None
     reason: Reason
     finding_ids: Annotated[tuple[FindingId, ...], Field(max_length=50)] = ()
-    expires_at: AwareDatetime | None = None
+    expires_at: UtcDatetime | None = None
 
 
 class ReleaseIn(Strict):
@@ -36,7 +36,7 @@ class ReleaseIn(Strict):
 
 
 class ExtendIn(Strict):
-    expires_at: AwareDatetime
+    expires_at: UtcDatetime
     reason: Reason
 
 
