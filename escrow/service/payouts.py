@@ -32,6 +32,7 @@ from escrow.errors import IllegalTransition, InsufficientFunds, NotFound
 from escrow.ids import new_id
 from escrow.ledger import Ledger, transfer
 from escrow.ledger.chart import IN_TRANSIT_PAYOUTS, seller_account
+from escrow.limits import AMOUNT_MINOR_MAX
 from escrow.money import Money
 from escrow.outbox import Outcome
 from escrow.persistence.db import Each, transaction
@@ -175,7 +176,9 @@ def _pay_out_seller(conn: Connection, seller_id: str, currency: str, now: dateti
         party_id=seller_id,
         seller_id=seller_id,
         source=source,
-        amount=Money(balance, currency),
+        # One payout moves at most one amount's bound; a balance beyond it (the sum of many
+        # orders) is paid by the next rounds, a payout each.
+        amount=Money(min(balance, AMOUNT_MINOR_MAX), currency),
         destination=destination,
     )
     return str(row["id"])

@@ -19,6 +19,7 @@ from escrow.domain.orders import Parts
 from escrow.errors import IllegalTransition
 from escrow.ledger import Ledger, transfer
 from escrow.ledger.chart import seller_account
+from escrow.limits import AMOUNT_MINOR_MAX
 from escrow.money import Money
 from escrow.persistence.tables import holds, orders, sellers
 from escrow.service.orders import _insert, parts_of, save_parts
@@ -69,17 +70,12 @@ def freeze_seller(conn: Connection, actor: Actor, now: datetime, seller_id: str,
         update(sellers).where(sellers.c.seller_id == seller_id).values(frozen=True, frozen_reason=reason, frozen_at=now)
     )
     ledger = Ledger(conn)
-    payable = seller_account(seller_id, "payable")
-    moved = []
-    for (_, currency), balance in sorted(ledger.balances([payable]).items()):
-        if balance > 0:
-            money = Money(balance, currency)
-            ledger.post(
-                transfer("seller_frozen", payable, seller_account(seller_id, "frozen"), money),
-                now=now,
-                request_id=actor.request_id,
-            )
-            moved.append(money.to_wire())
+    payable, frozen = seller_account(seller_id, "payable"), seller_account(seller_id, "frozen")
+    moved = [
+        _move(ledger, actor, now, "seller_frozen", payable, frozen, currency, balance)
+        for (_, currency), balance in sorted(ledger.balances([payable]).items())
+        if balance > 0
+    ]
     audit.record(conn, actor, "seller.frozen", f"seller:{seller_id}", now=now, reason=reason, data={"moved": moved})
     events.emit(conn, "seller.frozen", {"seller_id": seller_id, "moved": moved, "reason": reason}, now=now)
     return seller_view(conn, seller_id)
@@ -116,19 +112,31 @@ def unfreeze_seller(conn: Connection, actor: Actor, now: datetime, seller_id: st
             save_parts(conn, o, Parts(p.escrowed, p.held, p.frozen - untied, p.released + untied, p.refunded))
     ledger = Ledger(conn)
     frozen = seller_account(seller_id, "frozen")
-    released = []
-    for (_, currency), balance in sorted(ledger.balances([frozen]).items()):
-        releasable = balance - tied[currency]
-        if releasable > 0:
-            money = Money(releasable, currency)
-            ledger.post(
-                transfer("seller_unfrozen", frozen, seller_account(seller_id, "payable"), money),
-                now=now,
-                request_id=actor.request_id,
-            )
-            released.append(money.to_wire())
+    payable = seller_account(seller_id, "payable")
+    released = [
+        _move(ledger, actor, now, "seller_unfrozen", frozen, payable, currency, balance - tied[currency])
+        for (_, currency), balance in sorted(ledger.balances([frozen]).items())
+        if balance - tied[currency] > 0
+    ]
     audit.record(
         conn, actor, "seller.unfrozen", f"seller:{seller_id}", now=now, reason=reason, data={"released": released}
     )
     events.emit(conn, "seller.unfrozen", {"seller_id": seller_id, "released": released}, now=now)
     return seller_view(conn, seller_id)
+
+
+def _move(
+    ledger: Ledger, actor: Actor, now: datetime, kind: str, source: str, destination: str, currency: str, total: int
+) -> dict[str, Any]:
+    """Move a seller's whole balance in one currency, in entries of at most AMOUNT_MINOR_MAX each.
+
+    One amount (a request's, a posting's) is bounded by AMOUNT_MINOR_MAX, but a seller's
+    balance is the sum of many orders and may exceed it: refusing the freeze of such a seller
+    would make the biggest seller the one that cannot be stopped.
+    """
+    left = total
+    while left > 0:
+        piece = min(left, AMOUNT_MINOR_MAX)
+        ledger.post(transfer(kind, source, destination, Money(piece, currency)), now=now, request_id=actor.request_id)
+        left -= piece
+    return {"amount": total, "currency": currency}

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from escrow.limits import AMOUNT_MINOR_MAX
 from escrow.persistence.db import ItemsFailed
 from escrow.service.holds import expire_due
 from tests.integration.checkout_support import an_order, assert_conserved
@@ -510,6 +511,33 @@ class TestSellerFreeze:
         assert s.balances("o-2") == {"escrowed": 0, "held": 0, "released": 8_000, "refunded": 0, "frozen": 2_000}
         s.call("checkout", "POST", f"/v1/holds/{hold['id']}/release", {"reason": "no claim"})
         assert s.call("finance", "GET", "/v1/sellers/s-1").json()["balances"][0]["payable"] == 20_000
+        assert_conserved(s.api)
+
+    def test_a_balance_above_one_amounts_bound_freezes_and_unfreezes(self, s: Session) -> None:
+        """Each order is within 10^15 minor units, their sum on one seller is not: freeze and
+        unfreeze move it whole, in entries of at most 10^15 (both used to answer 422
+        invalid_money, so the biggest seller was the one that could not be frozen)."""
+        for n in (1, 2):
+            s.order(n, amount={"amount": AMOUNT_MINOR_MAX, "currency": "EUR"})
+            assert s.call("checkout", "POST", f"/v1/orders/o-{n}/confirm").status_code == 200
+        s.order(3, amount={"amount": 5, "currency": "EUR"})
+        s.call("checkout", "POST", "/v1/orders/o-3/confirm")
+        total = 2 * AMOUNT_MINOR_MAX + 5
+        frozen = s.call("ip_staff", "POST", "/v1/sellers/s-1/freeze", {"reason": "repeat offender"})
+        assert frozen.status_code == 200, frozen.text
+        assert (frozen.json()["balances"][0]["payable"], frozen.json()["balances"][0]["frozen"]) == (0, total)
+        for n in (4, 5):  # proceeds confirmed while frozen
+            s.order(n, amount={"amount": AMOUNT_MINOR_MAX, "currency": "EUR"})
+            s.call("checkout", "POST", f"/v1/orders/o-{n}/confirm")
+        unfrozen = s.call("cp_supervisor", "POST", "/v1/sellers/s-1/unfreeze", {"reason": "appeal upheld"})
+        assert unfrozen.status_code == 200, unfrozen.text
+        balances = unfrozen.json()["balances"][0]
+        assert (balances["payable"], balances["frozen"]) == (total + 2 * AMOUNT_MINOR_MAX, 0)
+        feed = s.call("finance", "GET", "/v1/events?type=seller.frozen&type=seller.unfrozen").json()["data"]
+        assert [e["data"].get("moved") or e["data"]["released"] for e in feed] == [
+            [{"amount": total, "currency": "EUR"}],
+            [{"amount": total + 2 * AMOUNT_MINOR_MAX, "currency": "EUR"}],
+        ]
         assert_conserved(s.api)
 
     def test_release_while_frozen_stays_frozen(self, s: Session) -> None:

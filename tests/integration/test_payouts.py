@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import structlog
 from cryptography.fernet import Fernet
@@ -10,6 +12,7 @@ from sqlalchemy import select, text
 from escrow.limits import AMOUNT_MINOR_MAX
 from escrow.persistence.db import ItemsFailed
 from escrow.persistence.tables import outbox_instructions
+from escrow.service import payouts
 from escrow.service.payout_accounts import AccountCipher, mask_iban
 from tests.integration.conftest import Api
 from tests.integration.test_api_errors_auth import assert_problem
@@ -106,21 +109,51 @@ class TestPayoutFlow:
         assert [e["data"]["payout_id"] for e in events_of(w, "payout.paid")] == [p["id"]]  # type: ignore[index]
         assert_outbox_invariants(w)
 
-    def test_a_seller_that_cannot_be_paid_does_not_stop_the_others(self, w: World) -> None:
-        """Two orders of the largest amount make a payable balance above what one payout may
-        carry (10^15 minor units): that seller's payout fails, every round, and is logged;
-        the sweep still pays the next seller, then reports the failure (it used to stop at
-        the failing seller, and the whole worker round with it)."""
+    def test_a_seller_that_cannot_be_paid_does_not_stop_the_others(
+        self, w: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A seller whose payout raises is logged and skipped, every round; the sweep still
+        pays the next seller, then reports the failure (it used to stop at the failing
+        seller, and the whole worker round with it)."""
         w.account("s-1")
         w.account("s-2")
-        w.confirmed_order(1, AMOUNT_MINOR_MAX)
-        w.confirmed_order(2, AMOUNT_MINOR_MAX)
+        w.confirmed_order(1, 9_000)
         w.confirmed_order(3, 7_000, seller="s-2")
+        real = payouts.destination_of
+
+        def s1_breaks(conn: Any, party_id: str) -> Any:
+            if party_id == "s-1":
+                raise RuntimeError("a row the sweep cannot handle")
+            return real(conn, party_id)
+
+        monkeypatch.setattr(payouts, "destination_of", s1_breaks)
         with pytest.raises(ItemsFailed, match="sweep_payouts: 1 failed"):
             w.sweep()
         [p] = w.payouts()
         assert p["amount"] == {"amount": 7_000, "currency": "EUR"}
-        assert balance(w.api, "seller:s-1:payable") == 2 * AMOUNT_MINOR_MAX
+        assert balance(w.api, "seller:s-1:payable") == 9_000
+        assert_outbox_invariants(w)
+
+    def test_a_balance_above_one_payouts_bound_is_paid_in_several(self, w: World) -> None:
+        """One payout carries at most 10^15 minor units; a payable balance above that (the
+        sum of many orders) is paid by successive sweeps, a payout each, to the last unit
+        (it used to fail every round, and the seller was never paid)."""
+        w.account("s-1")
+        w.confirmed_order(1, AMOUNT_MINOR_MAX)
+        w.confirmed_order(2, AMOUNT_MINOR_MAX)
+        w.confirmed_order(3, 5)
+        for _ in range(3):
+            assert w.sweep() == 1
+        assert w.sweep() == 0
+        amounts = sorted(p["amount"]["amount"] for p in w.payouts())
+        assert amounts == [5, AMOUNT_MINOR_MAX, AMOUNT_MINOR_MAX]
+        assert balance(w.api, "seller:s-1:payable") == 0
+        assert balance(w.api, "in_transit:payouts") == 2 * AMOUNT_MINOR_MAX + 5
+        assert w.work() == 3
+        w.advance(SETTLE_S + 1)
+        assert {p["status"] for p in w.payouts()} == {"paid"}
+        assert balance(w.api, "in_transit:payouts") == 0
+        assert balance(w.api, "clearing:bank") == 2 * AMOUNT_MINOR_MAX + 5
         assert_outbox_invariants(w)
 
     def test_no_account_or_frozen_seller_is_not_paid(self, w: World) -> None:
