@@ -188,17 +188,19 @@ class TestIntake:
     @pytest.mark.parametrize("keyed", [False, True])
     def test_batch_items_json_cannot_write_back_are_answered_not_500(self, s: Session, keyed: bool) -> None:
         """Batch items stay raw JSON until validated one by one: an integer beyond 64 bits (which
-        the idempotency fingerprint must still hash) and a lone surrogate in an order id (which the
-        answer quotes) are each that item's 422, and the rest of the batch is recorded."""
+        the idempotency fingerprint must still hash), a lone surrogate in an order id (which the
+        answer quotes) and one in a nested key (which pydantic's JSON mode cannot write: it made
+        the keyed fingerprint a 500) are each that item's 422, and the rest of the batch is recorded."""
         huge = {**an_order(1), "amount": {"amount": 2**70, "currency": "EUR"}}
-        raw = json.dumps({"orders": [huge, {**an_order(2), "order_id": "o-\ud800"}, an_order(3)]})
+        odd_key = {**an_order(4), "amount": {"amount": 1, "currency": "EUR", "\udc00x": 2}}
+        raw = json.dumps({"orders": [huge, {**an_order(2), "order_id": "o-\ud800"}, an_order(3), odd_key]})
         headers = {**s.keys["checkout"], "Content-Type": "application/json"}
         if keyed:
             headers["Idempotency-Key"] = "batch-odd-1"
         response = s.api.client.post("/v1/orders:batch", content=raw, headers=headers)
         assert response.status_code == 200, response.text
         results = response.json()["data"]
-        assert [r["status"] for r in results] == [422, 422, 201]
+        assert [r["status"] for r in results] == [422, 422, 201, 422]
         assert results[1]["order_id"] == "o-\\ud800"  # quoted as its escape
         if keyed:
             again = s.api.client.post("/v1/orders:batch", content=raw, headers=headers)

@@ -181,7 +181,10 @@ def create_orders(body: BatchIn, op: Annotated[Operation, Depends(operation_for(
             answered[item[0]] = one_by_one(conn, actor, now, item)
         return 200, {"data": [answered[i] for i in sorted(answered)]}
 
-    return op.run(body, work)
+    # The items as parsed, not pydantic's JSON dump of them: raw JSON may hold what that dump
+    # cannot write (a lone surrogate in a nested key), which the fingerprint's own fallback can.
+    # For everything else the two are the same values, so the fingerprint is unchanged.
+    return op.run({"orders": body.orders}, work)
 
 
 @router.get("/orders/{order_id}")
