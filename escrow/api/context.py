@@ -199,8 +199,10 @@ class RequestContext:
                 if not status["sent"]:
                     await send_problem(internal_error(request_id))
         finally:
+            # The matched route's template; a layer that answers before routing (the intake
+            # fast lane) names the route it answered for in the state.
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None) or state.get("route") or "unmatched"
             elapsed = time.perf_counter() - started
             method = scope["method"] if scope["method"] in _METRIC_METHODS else "other"
             _count(method, template, status["code"]).inc()

@@ -60,7 +60,9 @@ class OrderIntake:
             await self.app(scope, _replay(body, more, receive), send)
             return
         status, payload, media = answer
-        headers = [(b"content-type", media), (b"content-length", str(len(payload)).encode())]
+        scope.setdefault("state", {})["route"] = _PATH  # the metrics and log line name the route answered for
+        # In the order Starlette's Response writes them.
+        headers = [(b"content-length", str(len(payload)).encode()), (b"content-type", media)]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 

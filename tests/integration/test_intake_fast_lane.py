@@ -71,6 +71,27 @@ def test_the_lane_answers_exactly_what_the_route_would(fast: Any) -> None:
     assert_conserved(api)
 
 
+def test_the_lane_writes_the_routes_headers_and_metrics(fast: Any) -> None:
+    """Headers in the route's order, and the request counted under the route's template (it
+    was counted as "unmatched", the label of requests no route takes)."""
+    api, spy, checkout = fast
+
+    def counted() -> float:
+        sample = 'escrow_http_requests_total{method="POST",route="/v1/orders",status="201"} '
+        lines = [x for x in api.client.get("/metrics").text.splitlines() if x.startswith(sample)]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+    before = counted()
+    lane = api.client.post("/v1/orders", json=an_order(1), headers=checkout)
+    assert lane.status_code == 201 and spy.ran == 1
+    assert counted() == before + 1
+    spy.fail = "before"  # the lane falls back: the route answers the next order
+    route = api.client.post("/v1/orders", json=an_order(2), headers=checkout)
+    assert route.status_code == 201 and spy.ran == 1
+    assert [name for name, _ in lane.headers.raw] == [name for name, _ in route.headers.raw]
+    assert counted() == before + 2
+
+
 def test_what_the_lane_does_not_take_goes_to_the_route(fast: Any) -> None:
     api, spy, checkout = fast
     cases = [
