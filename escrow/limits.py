@@ -3,7 +3,7 @@
 AMOUNT_MINOR_MAX = 10**15  # DESIGN §2: at most 10^15 minor units in any amount
 POSTINGS_PER_ENTRY_MAX = 64  # a journal entry is a business event, not a bulk load
 BATCH_ORDERS_MAX = 1_000  # POST /v1/orders:batch
-REQUEST_BODY_BYTES_MAX = 8 * 1024 * 1024  # a full batch of the longest orders fits; more is refused (413)
+REQUEST_BODY_BYTES_MAX = 16 * 1024 * 1024  # a full batch of the longest orders fits, even \u-escaped; more is 413
 INTAKE_FAST_BODY_BYTES_MAX = 64 * 1024  # one order is a few hundred bytes; larger bodies take the route
 LIST_LIMIT_MAX = 200  # ?limit= on every list
 LIST_LIMIT_DEFAULT = 50
