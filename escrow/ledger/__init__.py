@@ -6,7 +6,7 @@ does too, and a trial balance's total debit balances equal its total credit bala
 """
 
 from escrow.ledger.chart import AccountRule, rule_for, validate_account
-from escrow.ledger.entries import Entry, Posting, transfer
+from escrow.ledger.entries import Entry, Posting, pieces, transfer
 from escrow.ledger.store import Ledger, PostedEntry, TrialBalanceLine
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "PostedEntry",
     "Posting",
     "TrialBalanceLine",
+    "pieces",
     "rule_for",
     "transfer",
     "validate_account",

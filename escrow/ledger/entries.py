@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from escrow.errors import InvalidInput, UnbalancedEntry
 from escrow.ledger.chart import validate_account
-from escrow.limits import POSTINGS_PER_ENTRY_MAX
+from escrow.limits import AMOUNT_MINOR_MAX, POSTINGS_PER_ENTRY_MAX
 from escrow.money import Money
 
 ENTRY_KIND_CHARS_MAX = 64
@@ -68,6 +68,19 @@ class Entry:
             memo=memo or f"reverses {original_id}",
             reverses=original_id,
         )
+
+
+def pieces(total: int) -> list[int]:
+    """`total` minor units as amounts of at most AMOUNT_MINOR_MAX each, largest first.
+
+    One amount, and so one posting (a database CHECK), is at most 10^15 minor units
+    (DESIGN §2), but a balance is the sum of many and may exceed it: whatever moves a
+    whole balance moves it in pieces. A balance is a BIGINT, so there are at most 9,224.
+    """
+    if total <= 0:
+        raise InvalidInput("only a positive amount is split into pieces")
+    full, rest = divmod(total, AMOUNT_MINOR_MAX)
+    return [AMOUNT_MINOR_MAX] * full + ([rest] if rest else [])
 
 
 def transfer(kind: str, source: str, destination: str, amount: Money, memo: str | None = None) -> Entry:

@@ -22,7 +22,7 @@ from escrow import audit, events
 from escrow.audit import Actor
 from escrow.domain.waterfall import split_confiscation
 from escrow.errors import Conflict
-from escrow.ledger import Entry, Ledger, Posting, transfer
+from escrow.ledger import Entry, Ledger, Posting, pieces, transfer
 from escrow.ledger.chart import GUARANTEE_FUND, seller_account
 from escrow.money import Money
 from escrow.service.recovery import (
@@ -117,12 +117,12 @@ def confiscate_deposit(
         refunds = unrecovered_on(conn, seller_id, currency)
         split = split_confiscation(value, [outstanding_of(r) for r in refunds])
         paid = sum(split.to_receivables)
-        legs = [Posting(account, Money(-value, currency)), Posting(GUARANTEE_FUND, Money(value, currency))]
+        # A deposit of several payments may exceed one posting's bound: each leg in pieces.
+        legs = [Posting(account, Money(-p, currency)) for p in pieces(value)]
+        legs += [Posting(GUARANTEE_FUND, Money(p, currency)) for p in pieces(value)]
         if paid:
-            legs += [
-                Posting(seller_account(seller_id, "owed"), Money(paid, currency)),
-                Posting(RECOVERABLE_ADVANCES, Money(-paid, currency)),
-            ]
+            legs += [Posting(seller_account(seller_id, "owed"), Money(p, currency)) for p in pieces(paid)]
+            legs += [Posting(RECOVERABLE_ADVANCES, Money(-p, currency)) for p in pieces(paid)]
         posted = ledger.post(
             Entry("deposit_confiscated", tuple(legs), memo=reason[:2000]), now=now, request_id=actor.request_id
         )

@@ -17,9 +17,8 @@ from escrow import audit, events
 from escrow.audit import Actor
 from escrow.domain.orders import Parts
 from escrow.errors import IllegalTransition
-from escrow.ledger import Ledger, transfer
+from escrow.ledger import Ledger, pieces, transfer
 from escrow.ledger.chart import seller_account
-from escrow.limits import AMOUNT_MINOR_MAX
 from escrow.money import Money
 from escrow.persistence.tables import holds, orders, sellers
 from escrow.service.orders import _insert, parts_of, save_parts
@@ -128,15 +127,9 @@ def unfreeze_seller(conn: Connection, actor: Actor, now: datetime, seller_id: st
 def _move(
     ledger: Ledger, actor: Actor, now: datetime, kind: str, source: str, destination: str, currency: str, total: int
 ) -> dict[str, Any]:
-    """Move a seller's whole balance in one currency, in entries of at most AMOUNT_MINOR_MAX each.
-
-    One amount (a request's, a posting's) is bounded by AMOUNT_MINOR_MAX, but a seller's
-    balance is the sum of many orders and may exceed it: refusing the freeze of such a seller
-    would make the biggest seller the one that cannot be stopped.
-    """
-    left = total
-    while left > 0:
-        piece = min(left, AMOUNT_MINOR_MAX)
+    """Move `total` of a seller's balance in one currency, an entry per piece (see `pieces`):
+    refusing to freeze a balance beyond one amount's bound would make the biggest seller
+    the one that cannot be stopped."""
+    for piece in pieces(total):
         ledger.post(transfer(kind, source, destination, Money(piece, currency)), now=now, request_id=actor.request_id)
-        left -= piece
     return {"amount": total, "currency": currency}

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from escrow import audit
 from escrow.audit import Actor
 from escrow.ledger import Ledger, transfer
+from escrow.limits import AMOUNT_MINOR_MAX
 from escrow.money import Money
 from escrow.outbox import Outcome
 from escrow.persistence.db import transaction
@@ -543,6 +544,30 @@ class TestDeposits:
         assert balance(s.api, FUND) == 100_000 - 5_000 + 8_000 and balance(s.api, "seller:s-9:owed") == 0
         assert_problem(s.call("finance", "POST", "/v1/sellers/s-9/deposit/confiscate",
                               {"reason": "x", "finding_ids": ["fnd_1"]}), 409, "exceeds_deposit")  # fmt: skip
+        assert_refund_first_sound(s.api)
+
+    def test_a_deposit_above_one_amounts_bound_is_confiscated_whole(self, s: Session) -> None:
+        """Deposits of 10^15 each (one amount's bound) sum to more: confiscating all of it
+        posts each leg in pieces, clears what is owed first and gives the rest to the fund
+        (it answered 422 invalid_money)."""
+        s.top_up(100_000)
+        s.order(1, seller_id="s-9")
+        s.confirm("o-1")
+        pay_out(s.api, "s-9", "payable", 10_000)
+        owed = s.advance("o-1", 3_000)
+        with s.api.parts.engine.begin() as conn:
+            for _ in range(2):
+                Ledger(conn).post(transfer("seller_deposit", "clearing:bank", "seller:s-9:deposit",
+                                           Money(AMOUNT_MINOR_MAX, "EUR")), now=s.api.clock.now())  # fmt: skip
+        body = {"reason": "all of it", "finding_ids": ["fnd_1"]}
+        done = s.call("ip_staff", "POST", "/v1/sellers/s-9/deposit/confiscate", body)
+        assert done.status_code == 200, done.text
+        [c] = done.json()["confiscated"]
+        assert c["amount"]["amount"] == 2 * AMOUNT_MINOR_MAX and c["deposit_left"]["amount"] == 0
+        assert (c["to_recovery"]["amount"], c["to_guarantee_fund"]["amount"]) == (3_000, 2 * AMOUNT_MINOR_MAX - 3_000)
+        assert s.get(owed["id"])["recovery"]["status"] == "recovered"
+        assert balance(s.api, "seller:s-9:owed") == 0
+        assert balance(s.api, FUND) == 100_000 - 3_000 + 2 * AMOUNT_MINOR_MAX  # the advance out, the deposit in
         assert_refund_first_sound(s.api)
 
     def test_bad_confiscations_write_nothing(self, s: Session) -> None:

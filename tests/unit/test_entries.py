@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from escrow.errors import InvalidInput, UnbalancedEntry
-from escrow.ledger import Entry, Posting, rule_for, transfer
-from escrow.limits import HOT_ACCOUNT_SHARDS, POSTINGS_PER_ENTRY_MAX
+from escrow.ledger import Entry, Posting, pieces, rule_for, transfer
+from escrow.limits import AMOUNT_MINOR_MAX, HOT_ACCOUNT_SHARDS, POSTINGS_PER_ENTRY_MAX
 from escrow.money import Money
 
 
@@ -113,3 +113,13 @@ class TestChart:
         ):
             assert rule_for(name).non_negative and rule_for(name).shards == 1
         assert not rule_for("seller:s:owed").non_negative
+
+
+def test_pieces_split_a_balance_into_amounts_a_posting_may_carry() -> None:
+    """Largest first, each at most AMOUNT_MINOR_MAX, summing to the whole; nothing to split is refused."""
+    assert pieces(1) == [1]
+    assert pieces(AMOUNT_MINOR_MAX) == [AMOUNT_MINOR_MAX]
+    assert pieces(2 * AMOUNT_MINOR_MAX + 5) == [AMOUNT_MINOR_MAX, AMOUNT_MINOR_MAX, 5]
+    assert sum(pieces(2**63 - 1)) == 2**63 - 1 and len(pieces(2**63 - 1)) == 9_224
+    with pytest.raises(InvalidInput):
+        pieces(0)
