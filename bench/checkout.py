@@ -441,6 +441,7 @@ def main() -> None:
                 settle(url)
                 before = meter.snapshot()
                 runs.append(wrk(server, connections=args.connections, seconds=args.seconds, match=False))
+                settle(url)  # the worker's sealing and publishing of these orders belongs to them
                 cpus.append(meter.per_order(before, meter.snapshot(), runs[-1]["rate"] * args.seconds))
                 if pg:
                     settle(url)

@@ -330,7 +330,8 @@ class TestHolds:
         assert recorded == {"from": placed_at.isoformat(), "to": extended_to.isoformat()}
 
     def test_a_deadline_beyond_the_calendar_in_utc_is_refused(self, s: Session) -> None:
-        """9999-12-31T23:00-05:00 is in the year 10000 in UTC: a 422, not an overflow's 500."""
+        """9999-12-31T23:00-05:00 is in the year 10000 in UTC: refused as invalid input, before
+        any policy check (a finding's deadline with it was an overflow's 500, see test_findings)."""
         s.order()
         body = {"order_id": "o-1", "reason": "x", "expires_at": "9999-12-31T23:00:00-05:00"}
         response = s.call("ip_staff", "POST", "/v1/holds", body)

@@ -129,6 +129,8 @@ class TestCreate:
             ({**KEYWORD, "jurisdiction": "XX"}, 422, "invalid_finding", "jurisdiction"),
             ({**KEYWORD, "expires_at": "2026-11-29T11:00:00Z"}, 422, "invalid_finding", "expires_at"),
             ({**KEYWORD, "expires_at": "2026-12-29T11:00:00"}, 422, "validation_failed", "expires_at"),
+            # The year 10000 in UTC: converting it overflowed, a 500.
+            ({**KEYWORD, "expires_at": "9999-12-31T23:00:00-05:00"}, 422, "validation_failed", "expires_at"),
             ({**KEYWORD, "kind": "brand"}, 422, "validation_failed", "kind"),
             ({**KEYWORD, "colour": "red"}, 422, "validation_failed", "colour"),
             ({**KEYWORD, "patterns": ["gucci", 7]}, 422, "validation_failed", "patterns.1"),

@@ -28,7 +28,7 @@ def longest_order(n: int) -> dict[str, object]:
 
 def test_a_full_batch_of_the_longest_orders_fits_under_the_body_cap() -> None:
     """Python's json.dumps escapes by default: a 1,000-order batch of the longest orders is
-    ~14.3 MB that way (~4.6 MB as UTF-8), and was refused (413) under the former 8 MiB cap."""
+    ~14.4 MB that way (~5.3 MB as UTF-8), and was refused (413) under the former 8 MiB cap."""
     batch = {"orders": [longest_order(n) for n in range(BATCH_ORDERS_MAX)]}
     for order in BatchIn.model_validate(batch).orders[:3]:
         OrderIn.model_validate(order)  # the longest orders still valid, not one character more
