@@ -87,7 +87,7 @@ def worker(
     from escrow.bootstrap import rails as build_rails
     from escrow.logs import configure
     from escrow.service.payouts import sweep
-    from escrow.service.recovery import recover_outstanding
+    from escrow.service.recovery import Rotation, recover_outstanding
 
     settings = _settings()
     configure(settings.log_level, settings.log_format)
@@ -97,10 +97,14 @@ def worker(
     policy = outbox_worker.Policy.of(settings)
     typer.echo("worker started", err=True)
     log = structlog.get_logger("escrow.worker")
+    rotation = Rotation()
     jobs: list[tuple[str, Callable[[], int | None]]] = [
         ("expire_holds", lambda: expire_due(engine, clock.now())),
         # Before payouts, the waterfall; the sweep also skips a seller who still owes.
-        ("recover_advance_refunds", lambda: recover_outstanding(engine, clock.now(), settings.policies)),
+        (
+            "recover_advance_refunds",
+            lambda: recover_outstanding(engine, clock.now(), settings.policies, rotation=rotation),
+        ),
         ("sweep_payouts", lambda: sweep(engine, clock.now()) if settings.payout_sweep else None),
         ("deliver_outbox", lambda: outbox_worker.deliver_due(engine, rails, clock, policy)),
         ("publish_events", lambda: events.publish(engine)),

@@ -36,7 +36,8 @@ under those locks, so concurrent recoveries and releases never take a minor unit
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -315,8 +316,26 @@ def recover_seller(
     return steps
 
 
+@dataclass(slots=True)
+class Rotation:
+    """Where the last round of `recover_outstanding` stopped, in seller id order.
+
+    Each round goes on from there and wraps around: sellers whose money holds tie down are
+    visited and take nothing, and a round that always began at the first id would, once a
+    batch of them existed, never reach the sellers after them (nor pay those out: the sweep
+    skips a seller who owes). Kept by the worker process; a restart begins at the first id.
+    """
+
+    after: str = ""
+
+
 def recover_outstanding(
-    engine: Engine, now: datetime, policies: Policies, *, batch: int = RECOVER_SELLERS_BATCH_MAX
+    engine: Engine,
+    now: datetime,
+    policies: Policies,
+    *,
+    batch: int = RECOVER_SELLERS_BATCH_MAX,
+    rotation: Rotation | None = None,
 ) -> int:
     """One worker round: recover for every seller with an outstanding receivable; returns the steps taken.
 
@@ -338,15 +357,18 @@ def recover_outstanding(
     )
     with engine.connect() as conn:
         # Only sellers with some money to look at: one whose receivable cannot be paid yet costs nothing.
-        sellers = list(
-            conn.execute(
-                select(owner)
-                .where(advance_refunds.c.recovery_status == "outstanding", or_(seller_money, order_money))
-                .group_by(owner)
-                .order_by(owner)
-                .limit(batch)
-            ).scalars()
+        due = (
+            select(owner)
+            .where(advance_refunds.c.recovery_status == "outstanding", or_(seller_money, order_money))
+            .group_by(owner)
+            .order_by(owner)
         )
+        start = rotation.after if rotation is not None else ""
+        sellers = list(conn.execute(due.where(owner > start).limit(batch)).scalars())
+        if start and len(sellers) < batch:  # wrap around to the first ids
+            sellers += conn.execute(due.where(owner <= start).limit(batch - len(sellers))).scalars()
+    if rotation is not None:
+        rotation.after = sellers[-1] if sellers else ""
     steps = 0
     for seller_id in sellers:
 
@@ -399,34 +421,49 @@ def write_off_locked(conn: Connection, actor: Actor, now: datetime, r: Any, amou
     return value
 
 
+def _hold_to_restore(conn: Connection, order_id: str, now: datetime) -> Any:
+    """The hold whose terms money given back by a failed refund is held under again, or None.
+
+    Money an advance refund took from a hold goes back under the terms that hold has now:
+    the hold (live, or applied whole) that runs longest, if it still runs. None when every
+    hold on the order has been released or has ended, or its deadline or claim window has
+    passed meanwhile: then the money goes where that hold's end sent the rest (escrow, or
+    the seller), never held past the hold's own deadline and the jurisdiction's cap.
+    """
+    rows = conn.execute(select(holds).where(holds.c.order_id == order_id, holds.c.status.in_((*LIVE, "applied")))).all()
+    running = [
+        h for h in rows if h.expires_at > now and (h.claim_window_ends_at is None or h.claim_window_ends_at > now)
+    ]
+    return max(running, key=lambda h: (h.expires_at, h.id), default=None)
+
+
 def _restore_hold(
-    conn: Connection, actor: Actor, now: datetime, o: Any, amount: int, refund_id: str, *, confirmed: bool
+    conn: Connection, actor: Actor, now: datetime, o: Any, amount: int, refund_id: str, model: Any, *, confirmed: bool
 ) -> None:
     """Hold again what a failed advance refund had taken from the order's holds.
 
     A new hold, not a revived one: the old holds' history (applied to the recovery) stays
-    as it happened. It carries the old holds' findings and their latest deadline.
+    as it happened. It takes `model`'s terms as they are now: its deadline and cap, its
+    findings, and its counter-notice and claim window if it was contested.
     """
-    previous = conn.execute(select(holds).where(holds.c.order_id == o.order_id)).all()
-    finding_ids = sorted({f for h in previous for f in (h.finding_ids or [])})
-    expires_at = max((h.expires_at for h in previous), default=now + timedelta(days=1))
-    max_expires_at = max((h.max_expires_at for h in previous), default=expires_at)
-    expires_at = max(expires_at, now + timedelta(days=1))
+    contested = model.claim_window_ends_at is not None
     hold_id = new_id("hld")
     reason = f"restored: advance refund {refund_id} failed, its recovery from this order is undone"
+    finding_ids = list(model.finding_ids or [])
     conn.execute(
         holds.insert(),
         {
             "id": hold_id, "order_id": o.order_id, "seller_id": o.seller_id, "currency": o.currency,
-            "amount": amount, "original_amount": amount, "status": "active", "reason": reason,
-            "finding_ids": finding_ids, "confirmed": confirmed, "expires_at": expires_at,
-            "max_expires_at": max(max_expires_at, expires_at), "claim_window_ends_at": None,
-            "counter_notice": None, "created_at": now, "updated_at": now,
+            "amount": amount, "original_amount": amount, "status": "contested" if contested else "active",
+            "reason": reason, "finding_ids": finding_ids, "confirmed": confirmed, "expires_at": model.expires_at,
+            "max_expires_at": model.max_expires_at, "claim_window_ends_at": model.claim_window_ends_at,
+            "counter_notice": model.counter_notice, "created_at": now, "updated_at": now,
         },
     )  # fmt: skip
     money = {"amount": amount, "currency": o.currency}
     audit.record(conn, actor, "hold.placed", hold_id, now=now, reason=reason,
-                 data={"order_id": o.order_id, "amount": money, "finding_ids": finding_ids})  # fmt: skip
+                 data={"order_id": o.order_id, "amount": money, "finding_ids": finding_ids,
+                       "terms_of": model.id})  # fmt: skip
     event = {"hold_id": hold_id, "order_id": o.order_id, "seller_id": o.seller_id, "amount": money}
     events.emit(conn, "hold.placed", event, now=now)
 
@@ -456,23 +493,26 @@ def undo_legs(conn: Connection, actor: Actor, now: datetime, r: Any, seller_froz
             o = conn.execute(select(orders).where(orders.c.order_id == rec.order_id)).one()
             p = parts_of(o)
             intercepted = rec.source_account != order_escrow(o.order_id)  # from order:held or tied frozen
-            if o.confirmed_at is None and intercepted:
+            model = _hold_to_restore(conn, o.order_id, now) if intercepted else None
+            if o.confirmed_at is None and model is not None:
                 legs[order_held(o.order_id)] += amount
                 save_parts(conn, o, Parts(p.escrowed, p.held + amount, p.frozen, p.released, p.refunded - amount))
-                _restore_hold(conn, actor, now, o, amount, r.id, confirmed=False)
+                _restore_hold(conn, actor, now, o, amount, r.id, model, confirmed=False)
             elif o.confirmed_at is None:
                 legs[order_escrow(o.order_id)] += amount
                 save_parts(conn, o, Parts(p.escrowed + amount, p.held, p.frozen, p.released, p.refunded - amount))
-            elif intercepted or seller_frozen:
+            elif model is not None or seller_frozen:
                 legs[seller_account(r.seller_id, "frozen")] += amount
                 save_parts(conn, o, Parts(p.escrowed, p.held, p.frozen + amount, p.released, p.refunded - amount))
-                if intercepted:
-                    _restore_hold(conn, actor, now, o, amount, r.id, confirmed=True)
+                if model is not None:
+                    _restore_hold(conn, actor, now, o, amount, r.id, model, confirmed=True)
             else:
                 legs[seller_account(r.seller_id, "payable")] += amount
                 save_parts(conn, o, Parts(p.escrowed, p.held, p.frozen, p.released + amount, p.refunded - amount))
-        elif rec.source == "payable" and seller_frozen:
-            legs[seller_account(r.seller_id, "frozen")] += amount
+        elif rec.source in ("payable", "frozen"):
+            # Untied proceeds (frozen recoveries take only what no hold ties) go back where
+            # the seller's proceeds go now: frozen stays frozen only while the seller is.
+            legs[seller_account(r.seller_id, "frozen" if seller_frozen else "payable")] += amount
         else:
             legs[str(rec.source_account)] += amount
         data = {"refund_id": r.id, "recovery_id": rec.id, "source": rec.source,

@@ -18,7 +18,8 @@ from escrow.money import Money
 from escrow.outbox import Outcome
 from escrow.persistence.db import transaction
 from escrow.service import advance_refunds
-from escrow.service.recovery import RECOVERABLE_ADVANCES, recover_outstanding
+from escrow.service.holds import expire_due
+from escrow.service.recovery import RECOVERABLE_ADVANCES, Rotation, recover_outstanding
 from tests.integration.checkout_support import an_order
 from tests.integration.conftest import Api
 from tests.integration.test_api_errors_auth import assert_problem
@@ -474,6 +475,33 @@ class TestRecovery:
         assert [e["refund_id"] for e in completed] == [refund["id"]]
         assert_refund_first_sound(s.api)
 
+    def test_the_worker_goes_round_the_sellers_instead_of_starting_over(self, s: Session) -> None:
+        """A round visits at most `batch` sellers. s-a's money is all tied by a hold, so it
+        takes nothing; rounds that always began at the first id never reached s-b, whose
+        receivable stayed outstanding (and whose proceeds the sweep never paid out)."""
+        s.top_up(100_000)
+        s.order(1, seller_id="s-a")
+        s.confirm("o-1")
+        pay_out(s.api, "s-a", "payable", 10_000)
+        s.advance("o-1", 5_000)
+        s.order(2, seller_id="s-a", listing_id="l-2")
+        s.hold("o-2")
+        s.confirm("o-2")  # s-a's only money: frozen, tied by o-2's hold
+        s.order(3, seller_id="s-b", listing_id="l-3")
+        s.confirm("o-3")
+        pay_out(s.api, "s-b", "payable", 10_000)
+        b_refund = s.advance("o-3", 3_000)
+        assert b_refund["recovery"]["status"] == "outstanding"
+        s.order(4, seller_id="s-b", listing_id="l-4")
+        s.confirm("o-4")  # 10,000 payable arrives for s-b
+        rotation = Rotation()
+        for _ in range(3):
+            recover_outstanding(s.api.parts.engine, s.api.clock.now(), s.api.parts.settings.policies, batch=1,
+                                rotation=rotation)  # fmt: skip
+        assert s.get(b_refund["id"])["recovery"]["status"] == "recovered"
+        assert balance(s.api, FUND) == 100_000 - 5_000
+        assert_refund_first_sound(s.api)
+
     def test_untied_frozen_proceeds_come_before_payable(self, s: Session) -> None:
         """Proceeds frozen by a seller freeze (no hold on them) are taken before payable ones."""
         s.top_up(100_000)
@@ -645,6 +673,92 @@ class TestFailure:
         order = s.order_view("o-1")
         assert (order["balances"]["released"], order["balances"]["frozen"]) == (6_000, 4_000)
         assert [h["amount"]["amount"] for h in order["holds"] if h["status"] == "active"] == [4_000]
+        assert_refund_first_sound(s.api)
+
+    def test_a_restored_hold_keeps_the_counter_notice_and_its_claim_window(self, s: Session) -> None:
+        """Part of a contested hold pays an advance refund that then fails: the part held again
+        is contested too, and ends with the claim window like the rest (it was held, active,
+        for the whole 90 days)."""
+        s.top_up(100_000)
+        s.order(1)
+        hold = s.hold("o-1")
+        assert (
+            s.call("checkout", "POST", f"/v1/holds/{hold['id']}/contest", {"statement": "genuine"}).status_code == 200
+        )
+        refund = s.advance("o-1", 4_000)
+        assert s.outcome(refund["id"], "failed", "do_not_honor") is True
+        restored = [h for h in s.order_view("o-1")["holds"] if h["reason"].startswith("restored")]
+        assert [(h["status"], h["amount"]["amount"]) for h in restored] == [("contested", 4_000)]
+        s.api.clock.advance(timedelta(days=15))  # the 14-day claim window lapses with no claim
+        expire_due(s.api.parts.engine, s.api.clock.now())
+        order = s.order_view("o-1")
+        assert [h for h in order["holds"] if h["status"] in ("active", "contested")] == []
+        assert order["balances"]["escrowed"] == 10_000 and order["balances"]["held"] == 0
+        assert_refund_first_sound(s.api)
+
+    @pytest.mark.parametrize("fails_on_day", [95, 300])
+    def test_money_is_not_held_again_past_the_holds_deadline(self, s: Session, fails_on_day: int) -> None:
+        """A hold runs to day 90 (EU; its cap is day 270) and is applied whole to an advance
+        refund on day 85; the refund fails later. The hold would have ended by then, so the
+        money goes where its end sent it (escrow), not under a new hold to the next day, past
+        the deadline or even the jurisdiction's cap, as it did."""
+        s.top_up(100_000)
+        s.order(1)
+        s.hold("o-1")
+        s.api.clock.advance(timedelta(days=85))
+        refund = s.advance("o-1", 10_000)
+        s.api.clock.advance(timedelta(days=fails_on_day - 85))
+        assert s.outcome(refund["id"], "failed", "do_not_honor") is True
+        order = s.order_view("o-1")
+        assert [h for h in order["holds"] if h["status"] in ("active", "contested")] == []
+        assert order["balances"] == {"escrowed": 10_000, "held": 0, "released": 0, "refunded": 0, "frozen": 0}
+        assert_refund_first_sound(s.api)
+
+    def test_a_restored_hold_ends_when_its_hold_would(self, s: Session) -> None:
+        """Failing before the deadline, the money is held again to the hold's own deadline and
+        cap, not a day after the failure."""
+        s.top_up(100_000)
+        s.order(1)
+        hold = s.hold("o-1")
+        refund = s.advance("o-1", 10_000)
+        s.api.clock.advance(timedelta(days=10))
+        assert s.outcome(refund["id"], "failed", "do_not_honor") is True
+        [restored] = [h for h in s.order_view("o-1")["holds"] if h["status"] == "active"]
+        assert restored["expires_at"] == hold["expires_at"]
+        with s.api.parts.engine.connect() as conn:
+            caps = conn.execute(text("SELECT DISTINCT max_expires_at FROM holds WHERE order_id = 'o-1'")).all()
+        assert len(caps) == 1
+        assert_refund_first_sound(s.api)
+
+    def test_money_staff_released_is_not_held_again(self, s: Session) -> None:
+        """IP staff released the rest of the hold as not infringing; the advance refund that had
+        taken part of it then fails: the part comes back released like the rest, not under a
+        new active hold."""
+        s.top_up(100_000)
+        s.order(1)
+        hold = s.hold("o-1")
+        refund = s.advance("o-1", 4_000)
+        released = s.call("ip_staff", "POST", f"/v1/holds/{hold['id']}/release", {"reason": "not infringing"})
+        assert released.status_code == 200 and released.json()["status"] == "released"
+        assert s.outcome(refund["id"], "failed", "do_not_honor") is True
+        order = s.order_view("o-1")
+        assert [h for h in order["holds"] if h["status"] in ("active", "contested")] == []
+        assert order["balances"] == {"escrowed": 10_000, "held": 0, "released": 0, "refunded": 0, "frozen": 0}
+        assert_refund_first_sound(s.api)
+
+    def test_a_frozen_recovery_goes_back_to_payable_once_the_seller_is_unfrozen(self, s: Session) -> None:
+        """Recovered from a frozen seller's untied proceeds; the seller is unfrozen; the refund
+        fails. The money goes back to payable: it went back to frozen, where no unfreeze (the
+        seller is not frozen) and no payout could ever reach it."""
+        s.top_up(100_000)
+        s.order(1, seller_id="s-3")
+        s.confirm("o-1")
+        assert s.call("ip_staff", "POST", "/v1/sellers/s-3/freeze", {"reason": "x"}).status_code == 200
+        refund = s.advance("o-1", 4_000)
+        assert [x["source"] for x in refund["recovery"]["recovered"]] == ["frozen"]
+        assert s.call("cp_supervisor", "POST", "/v1/sellers/s-3/unfreeze", {"reason": "cleared"}).status_code == 200
+        assert s.outcome(refund["id"], "failed", "do_not_honor") is True
+        assert (balance(s.api, "seller:s-3:frozen"), balance(s.api, "seller:s-3:payable")) == (0, 10_000)
         assert_refund_first_sound(s.api)
 
     def test_rail_outcomes(self, s: Session) -> None:
