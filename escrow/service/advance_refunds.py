@@ -1,11 +1,11 @@
 """Advance refunds (refund-first, DESIGN §2 flow 6, §3): the guarantee fund pays the buyer now.
 
-Lifecycle: `pending_approval` (above the jurisdiction's threshold for the currency, or no
-threshold configured for it) → `submitted` → `succeeded` | `failed`; or `pending_approval` →
-`rejected`. A failed refund can be retried to another destination (`submitted` again, under a
-new outbox key `{id}-{attempt}`). Its receivable (escrow.service.recovery) is `none` until
-money leaves, then `outstanding` → `recovered` | `written_off`, or `cancelled` when the
-payment fails.
+Lifecycle: `pending_approval` (when what the order's buyer would have back unreviewed
+passes the jurisdiction's threshold for the currency, or no threshold is configured for
+it) → `submitted` → `succeeded` | `failed`; or `pending_approval` → `rejected`. A failed
+refund can be retried to another destination (`submitted` again, under a new outbox key
+`{id}-{attempt}`). Its receivable (escrow.service.recovery) is `none` until money leaves,
+then `outstanding` → `recovered` | `written_off`, or `cancelled` when the payment fails.
 
 Delivery goes through the transactional outbox exactly like ordinary refunds: kind `refund`,
 `object_id` the refund id, card refunds to the original payment (`payment_reference`), bank
@@ -305,7 +305,17 @@ def request_refund(
             " and has not had back (ordinary and advance refunds, pending ones included)"
         )
     threshold = policies.for_jurisdiction(o.jurisdiction).approval_threshold.get(o.currency)
-    needs_approval = threshold is None or amount.amount_minor > threshold
+    # The threshold bounds what one order's buyer gets back without a second pair of eyes,
+    # in total: two refunds of 40,000 against a threshold of 50,000 must not both go
+    # unreviewed. (The order is locked: a concurrent request waits and then counts this one.)
+    unreviewed = conn.execute(
+        select(func.coalesce(func.sum(advance_refunds.c.amount), 0)).where(
+            advance_refunds.c.order_id == order_id,
+            advance_refunds.c.approval_required.is_(False),
+            advance_refunds.c.status.in_(("submitted", "succeeded")),
+        )
+    ).scalar_one()
+    needs_approval = threshold is None or int(unreviewed) + amount.amount_minor > threshold
     refund_id = new_id("ref")
     conn.execute(
         advance_refunds.insert(),

@@ -286,6 +286,25 @@ class TestAdvanceRefund:
         assert_problem(again, 409, "illegal_transition")
         assert_refund_first_sound(s.api)
 
+    def test_the_threshold_bounds_what_goes_unreviewed_on_an_order_in_total(self, s: Session) -> None:
+        """Against a 50,000 threshold, 40,000 then 30,000 on one order: the second needs a
+        supervisor (both went unreviewed: splitting bypassed four eyes). What awaits or had an
+        approval does not count; another order starts afresh."""
+        s.top_up(1_000_000)
+        s.order(1, amount=80_000)
+        s.order(2, amount=80_000)
+        first = s.refund("o-1", 40_000).json()
+        assert first["status"] == "submitted" and first["approval"]["required"] is False
+        second = s.refund("o-1", 30_000).json()
+        assert second["status"] == "pending_approval" and second["approval"]["required"] is True
+        third = s.refund("o-1", 10_000).json()  # 40,000 + 10,000 is the threshold itself
+        assert third["status"] == "submitted" and third["approval"]["required"] is False
+        other = s.refund("o-2", 50_000).json()
+        assert other["status"] == "submitted"
+        assert s.order_view("o-1")["balances"]["refunded"] == 50_000  # the pending 30,000 not paid
+        assert s.order_view("o-2")["balances"]["refunded"] == 50_000
+        assert_refund_first_sound(s.api)
+
     def test_rejected_refund_pays_nothing_and_frees_the_room(self, s: Session) -> None:
         """A rejection ends the request; its amount no longer counts against the order."""
         s.top_up(1_000_000)
