@@ -8,10 +8,12 @@ publishes events, as in production) on a fresh database and drives the API with 
   mixed       POST /v1/orders with 20% of titles matching a confirmed finding (so a hold is
               placed), and every hold released again as soon as its id comes back
   batch       POST /v1/orders:batch with 1,000 orders a call, from 4 Python clients
-  direct SQL  the exact statement the intake sends (captured from the service code), in
-              autocommit as the service sends it,
+  direct SQL  the exact statement the intake sends for one order (captured from the service
+              code), in autocommit as the service sends it, one order a statement,
               issued through psycopg by the same number of clients: the database's limit;
-              it takes turns with the API's maximum, three rounds, best of each
+              it takes turns with the API's maximum, three rounds, best of each. Under load
+              the API records several waiting orders in one statement (`Coalescer`), which
+              this figure does not: the ratio can exceed 1.
 
 Latency at 80% of the maximum, two ways: closed loop (wrk's own way: the rate is lowered
 by lowering the number of connections; the run nearest to and not above 80% is chosen),

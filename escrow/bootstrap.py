@@ -128,6 +128,7 @@ def components(
     # The live findings matcher: built and swapped by a background loop, read by screening.
     registry = MatcherRegistry(DatabaseFindingSource(engine), clock.now, interval_s=findings_refresh_interval_s)
     registry.warm()  # screening must not be the first reader: intake screens inside its transaction
+    postgres = engine.dialect.name == "postgresql"
     parts = Components(
         settings=settings,
         engine=engine,
@@ -140,7 +141,7 @@ def components(
         screener=FindingsScreener(registry, clock),
         background=[registry.run],
         rails=rails(settings),
-        statements=SingleStatements(engine.url, settings.db_pool_size) if engine.dialect.name == "postgresql" else None,
+        statements=SingleStatements(engine.url, settings.intake_connections) if postgres else None,
     )
     return parts
 

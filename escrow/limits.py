@@ -16,3 +16,4 @@ AUDIT_SEAL_BATCH_MAX = 5_000  # records hashed per sealer transaction
 EXPIRE_BATCH_MAX = 1_000  # holds ended per worker round
 HOT_ACCOUNT_SHARDS = 64  # balance rows per platform-wide account (see escrow.ledger); the schema allows 64
 LEDGER_RETRY_ATTEMPTS_MAX = 5  # deadlock / serialization retries of one transaction
+INTAKE_COALESCE_MAX = 64  # passing orders one fast-lane statement records at most (see escrow.api.intake)

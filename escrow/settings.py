@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # Keyed into the API-key digests; set your own in production (changing it voids all keys).
     api_key_pepper: SecretStr = SecretStr("escrow-development-pepper")
     db_pool_size: Annotated[int, Field(ge=1, le=200)] = 20
+    # PostgreSQL connections of the order-intake fast lane, per process. Few on purpose:
+    # orders that arrive while they are all busy are recorded together, one statement for
+    # all (see escrow.api.intake.Coalescer), which is what keeps up under load.
+    intake_connections: Annotated[int, Field(ge=1, le=200)] = 2
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     # --- payment rails, outbox and payouts ------------------------------------------------

@@ -14,8 +14,9 @@ placeholders, so the same text runs through either driver; they are renumbered o
 
 This is deliberately not a general pool: it is an opportunistic fast lane beside the
 SQLAlchemy engine, which stays the one way to run transactions. It never waits for a
-connection: when all `size` connections are busy, `execute` answers NO_CONNECTION and the
-caller takes the ordinary path. A connection that fails in any way is closed and dropped,
+connection: when all `size` connections are busy, `acquire` answers None (`execute`,
+NO_CONNECTION) and the caller queues or takes the ordinary path (intake queues: see
+`escrow.api.intake.Coalescer`). A connection that fails in any way is closed and dropped,
 and StatementFailed is raised for the caller to fall back on, so a restarted server costs
 one fallback per stale connection, never a wrong answer.
 
@@ -58,31 +59,54 @@ class SingleStatements:
         self._lock = threading.Lock()  # loops of a test client run on threads of their own
         self._closed = False
 
+    @property
+    def size(self) -> int:
+        return self._size
+
     async def execute(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | object | None:
         """The first row `sql` returns (None if none), or NO_CONNECTION; raises StatementFailed."""
+        conn = await self.acquire()
+        if conn is None:
+            return NO_CONNECTION
+        rows = await self.fetch(conn, sql, params)
+        self.release(conn)
+        return rows[0] if rows else None
+
+    async def acquire(self) -> asyncpg.Connection | None:
+        """An idle connection of this loop, or a new one; None when all `size` are open.
+
+        Hand it back with `release` once its statements are done; `fetch` closes it on failure.
+        """
         loop = asyncio.get_running_loop()
         conn = self._take(loop)
-        if conn is None:
-            if not self._reserve():
-                return NO_CONNECTION
-            try:
-                conn = await asyncpg.connect(self._dsn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                self._unreserve()
-                raise StatementFailed(f"cannot connect: {type(exc).__name__}") from exc
-            except BaseException:
-                self._unreserve()
-                raise
+        if conn is not None:
+            return conn
+        if not self._reserve():
+            return None
         try:
-            row = await conn.fetchrow(numbered(sql), *params)
+            return await asyncpg.connect(self._dsn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self._unreserve()
+            raise StatementFailed(f"cannot connect: {type(exc).__name__}") from exc
+        except BaseException:
+            self._unreserve()
+            raise
+
+    async def fetch(self, conn: asyncpg.Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Every row of `sql` on `conn`; on any failure `conn` is closed (do not release it)."""
+        try:
+            rows = await conn.fetch(numbered(sql), *params)
         except BaseException as exc:
             await self._discard(conn)
             if isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
                 # The type only: a database message may quote the statement's values.
                 raise StatementFailed(type(exc).__name__) from exc
             raise
-        self._give_back(loop, conn)
-        return None if row is None else tuple(row)
+        return [tuple(row) for row in rows]
+
+    def release(self, conn: asyncpg.Connection) -> None:
+        """Hand back a connection from `acquire`, for the next statement on its loop."""
+        self._give_back(asyncio.get_running_loop(), conn)
 
     async def aclose(self) -> None:
         """Close the idle connections; those in use are closed when they come back."""

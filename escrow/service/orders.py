@@ -406,41 +406,123 @@ def _new_order_view(order: NewOrder, screening: Screening, now: datetime) -> dic
     }
 
 
-BULK_SQL = (
-    # The batch travels as ONE JSON document, unpacked by the database: psycopg dumps array
-    # parameters element by element in Python, which cost more than the statement itself.
-    "WITH v AS (SELECT * FROM json_to_recordset(%s::json) AS v(order_id text, buyer_id text, seller_id text,"
-    " listing_id text, title text, currency text, amount bigint, payment_method text, payment_reference text,"
-    " jurisdiction text, screening json, request_hash text, entry_id text, clearing_account text,"
-    " escrow_account text, audit_data json, event_data json, ord int)),"
-    " new_orders AS (INSERT INTO orders (" + ", ".join(_ORDER_COLUMNS) + ")"
-    " SELECT order_id, buyer_id, seller_id, listing_id, title, currency, amount, payment_method, payment_reference,"
-    " jurisdiction, 'escrowed', amount, 0, 0, 0, 0, screening, request_hash, %s FROM v"
-    # In order-id order, not the request's: two batches holding the same ids (a retry while
-    # the first attempt runs) then take them in the same order, and one waits instead of
-    # deadlocking. Audit records and events keep the request's order below.
-    " ORDER BY order_id ON CONFLICT (order_id) DO NOTHING RETURNING order_id),"
-    " ins AS (SELECT v.* FROM v JOIN new_orders USING (order_id)),"
-    " entries AS (INSERT INTO journal_entries (id, kind, created_at, reverses_id, request_id, memo)"
-    " SELECT entry_id, 'order_paid', %s, NULL, %s, NULL FROM ins),"
-    " legs AS (INSERT INTO postings (entry_id, account, currency, amount, created_at)"
-    " SELECT entry_id, clearing_account, currency, -amount, %s FROM ins"
-    " UNION ALL SELECT entry_id, escrow_account, currency, amount, %s FROM ins),"
-    # The orders' own escrow balance rows, in sorted lock order. The clearing legs' balances
-    # are not moved here: summed per clearing account and currency, they are moved onto one
-    # shard by the batch's last statement (`Ledger.move_pass_through`), so the shared shard
-    # row is not locked while the batch's holds, replays and conflicts are worked through.
-    " moved AS (INSERT INTO ledger_balances (account, currency, shard, balance, non_negative)"
-    " SELECT escrow_account, currency, 0::smallint, amount, true FROM ins ORDER BY escrow_account, currency"
-    " ON CONFLICT (account, currency, shard) DO UPDATE SET balance = ledger_balances.balance + excluded.balance"
-    " WHERE NOT ledger_balances.non_negative OR ledger_balances.balance + excluded.balance >= 0"
-    " RETURNING 1),"
-    " audit AS (INSERT INTO audit_records (occurred_at, actor, role, action, object_id, reason, request_id, data)"
-    " SELECT %s, %s, %s, 'order.recorded', order_id, NULL, %s, audit_data FROM ins ORDER BY ord),"
-    " feed AS (INSERT INTO events (type, created_at, data)"
-    " SELECT 'order.screened', %s, event_data FROM ins ORDER BY ord)"
-    " SELECT order_id, (SELECT count(*) FROM moved) FROM new_orders"
-)
+def _bulk_sql(*, pass_through: bool) -> str:
+    """Orders that screening passed, many in one statement; one row per order inserted.
+
+    The orders travel as ONE JSON document, unpacked by the database: psycopg dumps array
+    parameters element by element in Python, which cost more than the statement itself.
+    Each row carries its own time and actor, since coalesced orders come from different
+    requests. Without `pass_through` the clearing legs' balances are left to the caller
+    (`record_orders_bulk` moves them last); with it, the statement moves them itself,
+    summed per clearing account and currency onto the shard given as the second parameter.
+    """
+    own_escrow = "SELECT escrow_account, currency, 0::smallint, amount, true FROM ins"
+    if pass_through:
+        # Clearing rows sort before every order's escrow row ("clearing:" < "order:"),
+        # as they do in the one-order statement: the same lock order in both.
+        own_escrow += (
+            " UNION ALL SELECT clearing_account, currency, %s::smallint, -sum(amount), false FROM ins"
+            " GROUP BY clearing_account, currency"
+        )
+    return (
+        "WITH v AS (SELECT * FROM json_to_recordset(%s::json) AS v(order_id text, buyer_id text, seller_id text,"
+        " listing_id text, title text, currency text, amount bigint, payment_method text, payment_reference text,"
+        " jurisdiction text, screening json, request_hash text, created_at timestamptz, actor text, role text,"
+        " request_id text, entry_id text, clearing_account text, escrow_account text, audit_data json,"
+        " event_data json, ord int)),"
+        " new_orders AS (INSERT INTO orders (" + ", ".join(_ORDER_COLUMNS) + ")"
+        " SELECT order_id, buyer_id, seller_id, listing_id, title, currency, amount, payment_method, payment_reference,"
+        " jurisdiction, 'escrowed', amount, 0, 0, 0, 0, screening, request_hash, created_at FROM v"
+        # In order-id order, not the request's: two batches holding the same ids (a retry while
+        # the first attempt runs) then take them in the same order, and one waits instead of
+        # deadlocking. Audit records and events keep the request's order below.
+        " ORDER BY order_id ON CONFLICT (order_id) DO NOTHING RETURNING order_id),"
+        " ins AS (SELECT v.* FROM v JOIN new_orders USING (order_id)),"
+        " entries AS (INSERT INTO journal_entries (id, kind, created_at, reverses_id, request_id, memo)"
+        " SELECT entry_id, 'order_paid', created_at, NULL, request_id, NULL FROM ins),"
+        " legs AS (INSERT INTO postings (entry_id, account, currency, amount, created_at)"
+        " SELECT entry_id, clearing_account, currency, -amount, created_at FROM ins"
+        " UNION ALL SELECT entry_id, escrow_account, currency, amount, created_at FROM ins),"
+        # The balance rows in sorted lock order. The sort reads all of `ins` first, so every
+        # order row is inserted before any balance row is locked.
+        " moved AS (INSERT INTO ledger_balances (account, currency, shard, balance, non_negative)"
+        f" SELECT * FROM ({own_escrow}) AS m ORDER BY 1, 2, 3"
+        " ON CONFLICT (account, currency, shard) DO UPDATE SET balance = ledger_balances.balance + excluded.balance"
+        " WHERE NOT ledger_balances.non_negative OR ledger_balances.balance + excluded.balance >= 0"
+        " RETURNING 1),"
+        " audit AS (INSERT INTO audit_records (occurred_at, actor, role, action, object_id, reason, request_id, data)"
+        " SELECT created_at, actor, role, 'order.recorded', order_id, NULL, request_id, audit_data FROM ins"
+        " ORDER BY ord),"
+        " feed AS (INSERT INTO events (type, created_at, data)"
+        " SELECT 'order.screened', created_at, event_data FROM ins ORDER BY ord)"
+        " SELECT order_id, (SELECT count(*) FROM moved) FROM new_orders"
+    )
+
+
+BULK_SQL = _bulk_sql(pass_through=False)
+COALESCED_SQL = _bulk_sql(pass_through=True)
+
+
+def bulk_row(actor: Actor, now: datetime, order: NewOrder, screening: Screening, ord_: int) -> dict[str, Any]:
+    """One order as a row of `_bulk_sql`'s JSON document."""
+    wire = screening.to_wire()
+    return {
+        "order_id": order.order_id,
+        "buyer_id": order.buyer_id,
+        "seller_id": order.seller_id,
+        "listing_id": order.listing_id,
+        "title": order.title,
+        "currency": order.amount.currency,
+        "amount": order.amount.amount_minor,
+        "payment_method": order.payment_method,
+        "payment_reference": order.payment_reference,
+        "jurisdiction": order.jurisdiction,
+        "screening": wire,
+        "request_hash": order.request_hash,
+        "created_at": now,
+        "actor": actor.principal_id,
+        "role": actor.role,
+        "request_id": actor.request_id,
+        "entry_id": new_id("ent"),
+        "clearing_account": clearing(order.payment_method),
+        "escrow_account": order_escrow(order.order_id),
+        "audit_data": {"amount": order.amount.to_wire(), "seller_id": order.seller_id, "decision": screening.decision},
+        "event_data": {"order_id": order.order_id, "seller_id": order.seller_id, **wire},
+        "ord": ord_,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class CoalescedStatement:
+    """Passing orders of several requests as ONE autocommit statement (`COALESCED_SQL`).
+
+    Its rows are (order_id, balance rows moved): one per order inserted. An order id that
+    already existed yields no row, and its request is answered through `record_order`.
+    """
+
+    sql: str
+    params: tuple[Any, ...]
+    orders: tuple[NewOrder, ...]
+
+    def inserted(self, rows: list[tuple[Any, ...]]) -> set[str]:
+        """The order ids the statement inserted, once its row count is checked."""
+        inserted = {str(row[0]) for row in rows}
+        groups = {(clearing(o.payment_method), o.amount.currency) for o in self.orders if o.order_id in inserted}
+        if rows and int(rows[0][1]) != len(inserted) + len(groups):  # pragma: no cover  # inflows only
+            raise InsufficientFunds("a coalesced intake's balance rows did not all move")
+        return inserted
+
+
+def coalesced_statement(items: list[tuple[Actor, datetime, NewOrder, Screening]]) -> CoalescedStatement:
+    """The statement for passing orders with distinct ids (the caller keeps them distinct:
+    a repeated id would join both rows to one insert)."""
+    if len({order.order_id for _, _, order, _ in items}) != len(items):
+        raise ValueError("coalesced orders must have distinct order ids")
+    if any(screening.decision != "pass" for _, _, _, screening in items):
+        raise ValueError("only passing orders are coalesced")
+    rows = [bulk_row(actor, now, order, screening, i) for i, (actor, now, order, screening) in enumerate(items)]
+    shard = random.randrange(HOT_ACCOUNT_SHARDS)  # noqa: S311  # spreads concurrent statements, not crypto
+    return CoalescedStatement(COALESCED_SQL, (dumps_json(rows), shard), tuple(order for _, _, order, _ in items))
 
 
 def record_orders_bulk(
@@ -463,40 +545,10 @@ def record_orders_bulk(
     for index, (order, _) in enumerate(items):
         first.setdefault(order.order_id, index)
     fresh = [(order, screening) for index, (order, screening) in enumerate(items) if first[order.order_id] == index]
-    rows: list[dict[str, Any]] = []
-    for ord_, (order, screening) in enumerate(fresh):
-        wire = screening.to_wire()
-        rows.append(
-            {
-                "order_id": order.order_id,
-                "buyer_id": order.buyer_id,
-                "seller_id": order.seller_id,
-                "listing_id": order.listing_id,
-                "title": order.title,
-                "currency": order.amount.currency,
-                "amount": order.amount.amount_minor,
-                "payment_method": order.payment_method,
-                "payment_reference": order.payment_reference,
-                "jurisdiction": order.jurisdiction,
-                "screening": wire,
-                "request_hash": order.request_hash,
-                "entry_id": new_id("ent"),
-                "clearing_account": clearing(order.payment_method),
-                "escrow_account": order_escrow(order.order_id),
-                "audit_data": {
-                    "amount": order.amount.to_wire(),
-                    "seller_id": order.seller_id,
-                    "decision": screening.decision,
-                },
-                "event_data": {"order_id": order.order_id, "seller_id": order.seller_id, **wire},
-                "ord": ord_,
-            }
-        )
-    params = (dumps_json(rows), now, now, actor.request_id, now, now,
-              now, actor.principal_id, actor.role, actor.request_id, now)  # fmt: skip
+    rows = [bulk_row(actor, now, order, screening, i) for i, (order, screening) in enumerate(fresh)]
     cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cur.execute(BULK_SQL, params)
+        cur.execute(BULK_SQL, (dumps_json(rows),))
         answered = cur.fetchall()
     finally:
         cur.close()

@@ -7,14 +7,21 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from escrow import bootstrap
 from escrow.api.app import create_app
+from escrow.api.intake import Coalescer, Intake
+from escrow.api.routers.orders import OrderIn, new_order
+from escrow.audit import Actor
 from escrow.persistence.statements import NO_CONNECTION, SingleStatements, StatementFailed, numbered
 from escrow.ports import ManualClock
+from escrow.service.orders import COALESCED_SQL
+from escrow.service.screening import Screening
 from escrow.settings import load_settings
 from tests.conftest import TestDB
 from tests.integration.checkout_support import an_order, assert_conserved
@@ -27,21 +34,28 @@ class Spy(SingleStatements):
     def __init__(self, inner: SingleStatements) -> None:
         self.__dict__.update(inner.__dict__)
         self.ran = 0
+        self.sizes: list[int] = []  # orders per statement: 1, or the coalesced statement's rows
         self.fail: str | None = None  # "before" | "after"
 
-    async def execute(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | object | None:
+    async def fetch(self, conn: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         if self.fail == "before":
+            await self._discard(conn)  # as `fetch` does with a connection that failed
             raise StatementFailed("ConnectionDoesNotExistError")
-        row = await super().execute(sql, params)
+        rows = await super().fetch(conn, sql, params)
         self.ran += 1
+        self.sizes.append(len(json.loads(params[0])) if sql == COALESCED_SQL else 1)
         if self.fail == "after":
+            await self._discard(conn)
             raise StatementFailed("ConnectionDoesNotExistError")
-        return row
+        return rows
 
 
 @pytest.fixture
-def fast(pg_db: TestDB) -> Any:
-    settings = load_settings(database_url=pg_db.url, audit_seal_interval_ms=0, api_key_cache_ttl_ms=60_000)
+def fast(pg_db: TestDB, request: pytest.FixtureRequest) -> Any:
+    connections = getattr(request, "param", 2)
+    settings = load_settings(
+        database_url=pg_db.url, audit_seal_interval_ms=0, api_key_cache_ttl_ms=60_000, intake_connections=connections
+    )
     parts = bootstrap.components(settings, clock=ManualClock(datetime(2026, 11, 29, 12, tzinfo=UTC)))
     assert parts.statements is not None
     spy = Spy(parts.statements)
@@ -155,6 +169,121 @@ def test_a_broken_connection_falls_back_and_books_the_order_once(fast: Any, when
     assert response.json()["balances"]["escrowed"] == 10_000
     assert api.db.count("journal_entries") == 2
     assert_conserved(api)
+
+
+def post_together(api: Api, bodies: list[dict[str, Any]], headers: dict[str, str]) -> list[httpx.Response]:
+    """The bodies posted concurrently on ONE event loop, as a server's requests arrive."""
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=api.client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return list(await asyncio.gather(*(client.post("/v1/orders", json=b, headers=headers) for b in bodies)))
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("fast", [1], indirect=True)
+def test_orders_that_arrive_together_share_a_statement_and_each_is_its_own(fast: Any) -> None:
+    """With one connection, the orders that queue behind the first are recorded by one
+    statement; each still gets its own order, entry, audit record (with its request id) and
+    event, exactly what it would have got alone."""
+    api, spy, checkout = fast
+    bodies = [an_order(n, amount={"amount": 1_000 + n, "currency": "EUR" if n % 3 else "USD"},
+                       payment={"method": "card" if n % 2 else "bank_transfer", "reference": f"p-{n}"})
+              for n in range(1, 25)]  # fmt: skip
+    answers = post_together(api, bodies, checkout)
+    assert [a.status_code for a in answers] == [201] * len(bodies), [a.text for a in answers]
+    assert sum(spy.sizes) == len(bodies) and max(spy.sizes) > 1 and spy.ran < len(bodies)
+    for body, answer in zip(bodies, answers, strict=True):
+        view = answer.json()
+        assert view["order_id"] == body["order_id"] and view["amount"] == body["amount"]
+        assert view["balances"]["escrowed"] == body["amount"]["amount"]
+        assert api.client.get(f"/v1/orders/{body['order_id']}", headers=checkout).json() == view
+    with api.parts.engine.connect() as conn:
+        audit = dict(conn.execute(text("SELECT object_id, request_id FROM audit_records"
+                                       " WHERE action = 'order.recorded'")).all())  # fmt: skip
+        events = conn.execute(text("SELECT data FROM events WHERE type = 'order.screened'")).scalars().all()
+    for body, answer in zip(bodies, answers, strict=True):
+        assert audit[body["order_id"]] == answer.headers["x-request-id"]
+    assert sorted(e["order_id"] for e in events) == sorted(["o-warm"] + [b["order_id"] for b in bodies])
+    assert api.db.count("journal_entries") == len(bodies) + 1
+    assert api.db.count("postings") == 2 * (len(bodies) + 1)
+    assert_conserved(api)
+
+
+@pytest.mark.parametrize("fast", [1], indirect=True)
+def test_a_repeated_order_id_in_a_crowd_is_booked_once(fast: Any) -> None:
+    """The same id three times (twice the same body, once another) among new orders, and a
+    replay of an order already booked: one booking per id; the rest are replays or conflicts."""
+    api, spy, checkout = fast
+    bodies = [an_order(1), an_order(2), an_order(1), an_order(3), an_order(1, title="Another"), an_order("warm")]
+    answers = post_together(api, bodies, checkout)
+    statuses = [a.status_code for a in answers]
+    assert statuses[1] == statuses[3] == 201 and statuses[5] == 200
+    assert max(spy.sizes) > 1  # the lane took the crowd, not the route
+    ones = sorted(statuses[i] for i in (0, 2, 4))
+    assert ones in ([200, 201, 409], [201, 409, 409]), ones  # the first booked decides which body is the order's
+    booked = api.client.get("/v1/orders/o-1", headers=checkout).json()
+    for i in (0, 2, 4):
+        if statuses[i] != 409:
+            assert answers[i].json() == booked
+    assert api.db.count("journal_entries") == 4  # o-warm, o-1, o-2, o-3 once each
+    assert_conserved(api)
+
+
+@pytest.mark.parametrize("fast", [1], indirect=True)
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_shared_statement_that_fails_sends_each_order_to_the_route(fast: Any, when: str) -> None:
+    api, spy, checkout = fast
+    spy.fail = when
+    bodies = [an_order(n) for n in range(1, 9)]
+    answers = post_together(api, bodies, checkout)
+    assert [a.status_code for a in answers] == [201 if when == "before" else 200] * len(bodies)
+    assert api.db.count("journal_entries") == len(bodies) + 1
+    assert_conserved(api)
+
+
+def test_an_order_whose_request_has_gone_is_not_recorded(pg_db: TestDB) -> None:
+    """Queued behind a statement, a request that is cancelled (its client went away) is taken
+    out of the queue; the others queued with it are recorded."""
+    settings = load_settings(database_url=pg_db.url, intake_connections=1)
+    parts = bootstrap.components(settings, clock=ManualClock(datetime(2026, 11, 29, 12, tzinfo=UTC)))
+    assert parts.statements is not None
+    gate = asyncio.Event()
+
+    class Held(Spy):
+        async def fetch(self, conn: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+            await gate.wait()
+            return await super().fetch(conn, sql, params)
+
+    statements = Held(parts.statements)
+    coalescer = Coalescer(statements)
+    actor = Actor("key_test", "checkout", request_id="req_test")
+
+    def intake(n: int) -> Intake:
+        body = OrderIn.model_validate(an_order(n))
+        return Intake(actor, parts.clock.now(), new_order(body), Screening("pass"))
+
+    async def scenario() -> list[Any]:
+        first = asyncio.create_task(coalescer.record(intake(1)))
+        await asyncio.sleep(0.05)  # the first statement runs (held at the gate)
+        gone = asyncio.create_task(coalescer.record(intake(2)))
+        kept = asyncio.create_task(coalescer.record(intake(3)))
+        await asyncio.sleep(0)
+        gone.cancel()
+        gate.set()
+        outcomes = [await first, await kept]
+        await statements.aclose()
+        return outcomes
+
+    try:
+        outcomes = asyncio.run(scenario())
+        assert [o[0] for o in outcomes] == [201, 201]  # type: ignore[index]
+        assert statements.sizes == [1, 1]
+        with parts.engine.connect() as conn:
+            assert conn.execute(text("SELECT order_id FROM orders ORDER BY 1")).scalars().all() == ["o-1", "o-3"]
+    finally:
+        parts.engine.dispose()
 
 
 def test_a_full_lane_says_so_instead_of_waiting(pg_db: TestDB) -> None:
