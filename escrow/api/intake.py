@@ -216,16 +216,17 @@ class Coalescer:
                 try:
                     answers = await self._execute(conn, batch)
                 except StatementFailed as exc:
-                    conn = None  # closed by `fetch`
+                    conn = None  # `fetch` closed it and freed its slot
                     log.warning("intake_fast_lane_failed", error=str(exc), orders=len(batch))
-                except Exception:  # a bug here: the route answers these orders, and the lane goes on
+                except Exception:  # a bug outside `fetch`: the route answers these orders; the lane goes on
                     log.exception("intake_fast_lane_error", orders=len(batch))
-                    if conn.is_closed():
-                        conn = None
+                except BaseException:  # cancelled: `fetch`, the only await there, closed the connection
+                    conn = None
+                    raise
                 finally:
                     _settle(batch, answers)
         finally:
-            if conn is not None and not conn.is_closed():  # `fetch` closes it on any failure
+            if conn is not None:
                 self.statements.release(conn)
             queue.runners -= 1
             if queue.runners == 0:

@@ -93,19 +93,24 @@ class SingleStatements:
             raise
 
     async def fetch(self, conn: asyncpg.Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        """Every row of `sql` on `conn`; on any failure `conn` is closed (do not release it)."""
+        """Every row of `sql` on `conn`. On any failure `conn` is closed and its slot freed:
+        do not release it. Every error but cancellation is raised as StatementFailed."""
         try:
             rows = await conn.fetch(numbered(sql), *params)
         except BaseException as exc:
             await self._discard(conn)
-            if isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+            if isinstance(exc, Exception):
                 # The type only: a database message may quote the statement's values.
                 raise StatementFailed(type(exc).__name__) from exc
             raise
         return [tuple(row) for row in rows]
 
     def release(self, conn: asyncpg.Connection) -> None:
-        """Hand back a connection from `acquire`, for the next statement on its loop."""
+        """Hand back a connection from `acquire`, for the next statement on its loop; one the
+        server closed meanwhile (a restart, an idle kill) only frees its slot."""
+        if conn.is_closed():
+            self._unreserve()
+            return
         self._give_back(asyncio.get_running_loop(), conn)
 
     async def aclose(self) -> None:

@@ -286,6 +286,51 @@ def test_an_order_whose_request_has_gone_is_not_recorded(pg_db: TestDB) -> None:
         parts.engine.dispose()
 
 
+def test_a_link_that_breaks_after_its_statement_does_not_use_up_a_connection(pg_db: TestDB) -> None:
+    """The server ends the connection just after a statement succeeded (a restart, an idle
+    kill): the runner must give its slot back, or the lane is closed for good."""
+    settings = load_settings(database_url=pg_db.url, intake_connections=1)
+    parts = bootstrap.components(settings, clock=ManualClock(datetime(2026, 11, 29, 12, tzinfo=UTC)))
+    assert parts.statements is not None
+    admin_url = pg_db.url.replace("+psycopg", "")
+
+    class Breaks(Spy):
+        cut = True
+
+        async def fetch(self, conn: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+            rows = await super().fetch(conn, sql, params)
+            if self.cut:
+                self.cut = False
+                with psycopg.connect(admin_url, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (conn.get_server_pid(),))
+                for _ in range(100):  # the client notices the link is gone
+                    if conn.is_closed():
+                        break
+                    await asyncio.sleep(0.01)
+            return rows
+
+    statements = Breaks(parts.statements)
+    coalescer = Coalescer(statements)
+    actor = Actor("key_test", "checkout", request_id="req_test")
+
+    def intake(n: int) -> Intake:
+        return Intake(actor, parts.clock.now(), new_order(OrderIn.model_validate(an_order(n))), Screening("pass"))
+
+    async def scenario() -> list[Any]:
+        first = await coalescer.record(intake(1))  # recorded; then the link breaks
+        second = await coalescer.record(intake(2))  # a fresh connection must record this one
+        await statements.aclose()
+        return [first, second]
+
+    try:
+        outcomes = asyncio.run(scenario())
+        assert outcomes[0] is not None and outcomes[0][0] == 201
+        assert outcomes[1] is not None and outcomes[1][0] == 201, "the lane lost its only connection slot"
+        assert statements._open == 0
+    finally:
+        parts.engine.dispose()
+
+
 def test_a_full_lane_says_so_instead_of_waiting(pg_db: TestDB) -> None:
     """With every connection busy, execute answers NO_CONNECTION at once; a dead one is replaced."""
     lane = SingleStatements(pg_db.engine.url, size=1)
